@@ -1,0 +1,5 @@
+import sys
+
+from facegs.cli import main
+
+sys.exit(main())
