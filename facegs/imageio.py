@@ -82,7 +82,7 @@ def encode_label_png(labels: np.ndarray, label_set: LabelSet | str | None = None
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.dtype != np.uint8:
         raise ValueError(f"label map must be [H, W] uint8, got {labels.dtype} {list(labels.shape)}")
-    ls = get_label_set(label_set) if isinstance(label_set, str) or label_set is None else label_set
+    ls = get_label_set(label_set)
     im = Image.fromarray(labels, mode="P")
     pal = np.full((256, 3), 255, dtype=np.uint8)
     pal[: ls.num_classes] = ls.palette

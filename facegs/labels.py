@@ -80,9 +80,18 @@ def available_label_sets() -> list[str]:
     return sorted(p.stem for p in (schema_dir() / "labels").glob("*.json"))
 
 
+def get_label_set(name: "str | LabelSet | None" = CANONICAL) -> LabelSet:
+    """Load a label set by name (``celebamask19``, ``celebamask_hq``, ``farl``, ``lapa11``).
+
+    ``None`` means the canonical set; a :class:`LabelSet` is returned as it is.
+    """
+    if isinstance(name, LabelSet):
+        return name
+    return _load_label_set(CANONICAL if name is None else name)
+
+
 @lru_cache(maxsize=None)
-def get_label_set(name: str = CANONICAL) -> LabelSet:
-    """Load a label set by name (``celebamask19``, ``celebamask_hq``, ``farl``, ``lapa11``)."""
+def _load_label_set(name: str) -> LabelSet:
     path = schema_dir() / "labels" / f"{name}.json"
     if not path.is_file():
         raise KeyError(f"unknown label set '{name}'; available: {available_label_sets()}")
@@ -106,10 +115,6 @@ def get_label_set(name: str = CANONICAL) -> LabelSet:
     )
 
 
-def _as_set(s: LabelSet | str) -> LabelSet:
-    return get_label_set(s) if isinstance(s, str) else s
-
-
 def _canonical_swap(canon: LabelSet) -> dict[str, str]:
     swap = {}
     for a, b in canon.flip_pairs:
@@ -123,7 +128,7 @@ def mapping_lut(src: LabelSet | str, dst: LabelSet | str) -> np.ndarray:
     Goes src -> canonical -> dst. Indices >= src.num_classes and 255 map to ``IGNORE_INDEX``.
     Left/right pairs are swapped when the two sets declare different ``left_convention``.
     """
-    src, dst = _as_set(src), _as_set(dst)
+    src, dst = get_label_set(src), get_label_set(dst)
     canon = get_label_set(CANONICAL)
     swap = _canonical_swap(canon) if src.left_convention != dst.left_convention else {}
     lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
@@ -159,7 +164,7 @@ def estimate_left_convention(label_maps: list[np.ndarray], label_set: LabelSet |
     subject's left appears at larger x. Returns ``("subject" | "viewer", fraction_agreeing)``,
     where the fraction counts (image, pair) votes where both classes were present.
     """
-    ls = _as_set(label_set)
+    ls = get_label_set(label_set)
     votes_subject = votes = 0
     for lab in label_maps:
         xs = np.arange(lab.shape[1])[None, :]
