@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from facegs.errors import InputError
@@ -18,6 +19,7 @@ COMMAND_MODULES = (
     "facegs.io.cli",  # facegs ingest
     "facegs.validate",  # facegs validate
     "facegs.parsing.cli",  # facegs parser ..., facegs label
+    "facegs.refine",  # facegs refine
 )
 
 
@@ -34,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     from facegs import __version__
 
     p.add_argument("--version", action="version", version=f"facegs {__version__}")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: $FACEGS_THREADS, else torch's default). On a shared "
+                   "machine 1 thread per process is often much faster than oversubscribed cores.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -46,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    threads = args.threads or int(os.environ.get("FACEGS_THREADS", "0") or 0)
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         return int(args.func(args) or 0)
     except InputError as e:

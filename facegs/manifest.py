@@ -5,7 +5,7 @@ directory). Schema: ``schemas/subject_manifest.schema.json`` (JSON Schema) and
 :data:`VIEW_ARROW_SCHEMA` (one row per view, for catalogues of many subjects in Parquet).
 
 Per view: ``K`` [3, 3] with pixel centres at +0.5, ``world_to_camera`` [4, 4] in OpenCV
-convention, optional OpenCV ``distortion``, and optional ``labels`` / ``confidence`` / ``mask`` /
+convention, optional OpenCV ``distortion``, and optional ``labels`` / ``confidence`` / ``mask`` / ``ignore`` /
 ``gt_labels`` / ``gt_depth`` image paths.
 """
 
@@ -27,7 +27,7 @@ from facegs.schema_files import load_json_schema
 
 MANIFEST_NAME = "subject.json"
 SCHEMA_VERSION = 1
-VIEW_FILE_FIELDS = ("image", "labels", "confidence", "mask", "gt_labels", "gt_depth")
+VIEW_FILE_FIELDS = ("image", "labels", "confidence", "mask", "ignore", "gt_labels", "gt_depth")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class View:
     labels: str | None = None
     confidence: str | None = None
     mask: str | None = None
+    ignore: str | None = None
     gt_labels: str | None = None
     gt_depth: str | None = None
     pose: dict[str, float] | None = None  # {"yaw", "pitch", "roll"} in degrees, head-relative
@@ -60,7 +61,7 @@ class View:
         }
         if self.distortion is not None:
             d["distortion"] = np.asarray(self.distortion, dtype=np.float64).tolist()
-        for k in ("labels", "confidence", "mask", "gt_labels", "gt_depth"):
+        for k in ("labels", "confidence", "mask", "ignore", "gt_labels", "gt_depth"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         if self.pose is not None:
@@ -82,6 +83,7 @@ class View:
             labels=d.get("labels"),
             confidence=d.get("confidence"),
             mask=d.get("mask"),
+            ignore=d.get("ignore"),
             gt_labels=d.get("gt_labels"),
             gt_depth=d.get("gt_depth"),
             pose=d.get("pose"),
@@ -153,6 +155,7 @@ class SubjectManifest:
                     "labels": v.labels,
                     "confidence": v.confidence,
                     "mask": v.mask,
+                    "ignore": v.ignore,
                     "gt_labels": v.gt_labels,
                     "gt_depth": v.gt_depth,
                     "yaw": None if v.pose is None else v.pose["yaw"],
@@ -178,6 +181,7 @@ VIEW_ARROW_SCHEMA = pa.schema(
         pa.field("labels", pa.string()),
         pa.field("confidence", pa.string()),
         pa.field("mask", pa.string()),
+        pa.field("ignore", pa.string()),
         pa.field("gt_labels", pa.string()),
         pa.field("gt_depth", pa.string()),
         pa.field("yaw", pa.float64()),
