@@ -39,7 +39,7 @@ from facegs.cameras import rotation_problem
 from facegs.errors import InputError
 from facegs.imageio import image_size, read_confidence, read_depth, read_labels, read_mask, read_rgb
 from facegs.labels import IGNORE_INDEX, get_label_set
-from facegs.manifest import MANIFEST_NAME, SubjectManifest, find_subject_dirs, load_manifest
+from facegs.manifest import MANIFEST_NAME, VIEW_FILE_FIELDS, SubjectManifest, find_subject_dirs, load_manifest
 from facegs.schema_files import load_json_schema
 
 ERROR = "error"
@@ -176,12 +176,13 @@ _READERS = {
     "gt_labels": read_labels,
     "confidence": read_confidence,
     "mask": read_mask,
+    "ignore": read_mask,
     "gt_depth": read_depth,
 }
 
 
 def _check_files(m: SubjectManifest, v: Any, col: _Collector, num_classes: int | None, check_images: bool) -> None:
-    for fld in ("image", "labels", "confidence", "mask", "gt_labels", "gt_depth"):
+    for fld in VIEW_FILE_FIELDS:
         rel = getattr(v, fld)
         if rel is None:
             continue
