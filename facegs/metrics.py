@@ -20,7 +20,9 @@ How the numbers are computed (the field's conventions, see ``face-parsing.md``):
 
 Pose bins: |yaw| bins on the absolute yaw, pitch bins on the signed pitch (degrees, facegs' head
 convention, see ``facegs.cameras``). Bins are ``[lo, hi)`` except the last, which is ``[lo, hi]``.
-An image outside every bin of an axis counts only in ``overall`` (and in ``n_out_of_range``).
+|yaw| beyond the last yaw edge (a camera slightly behind the profile, e.g. |yaw| 93 when a rig's
++-90 camera meets a head turned by 3 degrees) counts in the last yaw bin: it is at least as extreme.
+Any other image outside every bin of an axis counts only in ``overall`` (and in ``n_out_of_range``).
 """
 
 from __future__ import annotations
@@ -328,7 +330,7 @@ class PoseBinnedEvaluator:
                                          ("pitch", pitch, self.pitch_bins, self.pitch)):
             if value is None or not bins:
                 continue
-            v = abs(float(value)) if axis == "yaw" else float(value)
+            v = min(abs(float(value)), float(edges[-1])) if axis == "yaw" else float(value)
             i = _bin_index(v, edges)
             if i is None:
                 self.n_out_of_range[axis] += 1

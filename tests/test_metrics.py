@@ -75,9 +75,10 @@ def test_pose_bins():
         ev.update(img, img, yaw=yaw, pitch=pitch)
     s = ev.summary()
     assert [b["label"] for b in s["yaw"]] == ["0-30", "30-60", "60-75", "75-90"]
-    assert [b["n_images"] for b in s["yaw"]] == [1, 1, 1, 2]  # 10; 30 -> 30-60; -70 -> 60-75; 75, 90 -> 75-90
+    # 10; 30 -> 30-60; -70 -> 60-75; 75, 90 and 120 (beyond the profile) -> 75-90
+    assert [b["n_images"] for b in s["yaw"]] == [1, 1, 1, 3]
     assert [b["n_images"] for b in s["pitch"]] == [1, 0, 2, 1, 0]  # -90, (-15, 0), 20
-    assert s["n_out_of_range"] == {"yaw": 1, "pitch": 1}
+    assert s["n_out_of_range"] == {"yaw": 0, "pitch": 1}
     assert s["overall"]["n_images"] == 6
     ev2 = PoseBinnedEvaluator("celebamask19", yaw_bins=(0, 45, 90), pitch_bins=None)
     ev2.update(img, img, yaw=-45.0, pitch=10.0)
