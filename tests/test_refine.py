@@ -1,0 +1,51 @@
+"""End to end: synthetic subject -> noisy labels -> facegs refine -> refined novel views."""
+
+import json
+
+import numpy as np
+import pytest
+
+from facegs.cli import main as facegs_main
+from facegs.imageio import read_labels, read_mask
+from facegs.manifest import load_manifest
+from facegs.synth.generate import generate_subject
+from facegs.validate import validate_subject
+
+
+@pytest.fixture(scope="module")
+def labelled_subject(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refine")
+    m = generate_subject(root, "s0", 3, rig="nersemble", res=64, background="plain")
+    assert facegs_main(["label", str(m.root), "--noise", "pixel:0.3", "--seed", "1"]) == 0
+    return m.root
+
+
+@pytest.mark.slow
+def test_refine_cli_writes_a_valid_subject_of_novel_views(labelled_subject, tmp_path):
+    out = tmp_path / "refined"
+    rc = facegs_main(["--threads", "1", "refine", str(labelled_subject), "--out", str(out), "--steps", "80",
+                      "--renders", "5", "--yaw", "-85", "85", "--pitch", "-20", "20", "--backend", "torch"])
+    assert rc == 0
+    assert validate_subject(out) == []
+    m = load_manifest(out)
+    assert len(m.views) == 5 and all(v.ignore and v.labels and v.mask for v in m.views)
+    for v in m.views:
+        assert -86 <= v.pose["yaw"] <= 86 and -21 <= v.pose["pitch"] <= 21
+        lab = read_labels(m.path(v.labels))
+        assert lab.max() < 19 and (lab > 0).mean() > 0.05  # the head is in the picture
+        fg = read_mask(m.path(v.mask))
+        assert ((lab > 0) & ~fg).mean() < 0.02  # labels outside the rendered head are background
+    summary = json.loads((out / "refine.json").read_text())
+    assert summary["fit"]["steps"] == 80 and summary["n_renders"] == 5
+    T = np.array(summary["head_frame"]["world_from_head"])
+    assert np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-6)
+    assert (out / "scene.ply").read_bytes().startswith(b"ply\n")
+
+
+def test_refine_failure_leaves_nothing(labelled_subject, tmp_path):
+    out = tmp_path / "refined"
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "subject.json").write_text("{}")
+    rc = facegs_main(["refine", str(bad), "--out", str(out), "--steps", "2"])
+    assert rc == 1 and not out.exists()
