@@ -40,7 +40,7 @@ def main() -> int:
     p.add_argument("--eval-seed", type=int, default=1000, help="master seed of the held-out subjects")
     p.add_argument("--res", type=int, default=128)
     p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=int(os.environ.get("FACEGS_THREADS", "2")))
     p.add_argument("--seed", type=int, default=0)

@@ -169,7 +169,7 @@ def main() -> int:
     p.add_argument("--res", type=int, default=128)
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--parser", default="bench/out/base_parser/base.pt")
+    p.add_argument("--parser", default="bench/out/base_parser_2400/base.pt")
     p.add_argument("--out", default="bench/out/label_refinement")
     a = p.parse_args()
     OUT = Path(a.out)
