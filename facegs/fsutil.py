@@ -31,6 +31,16 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    swap_into_place(tmp, final)
+
+
+def swap_into_place(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move the finished directory ``tmp`` to ``final``, replacing an existing ``final``.
+
+    The old ``final`` is renamed aside first and deleted only after the new one is in place, so a
+    reader sees either the old or the new directory, never a mixture.
+    """
+    tmp, final = Path(tmp), Path(final)
     old = None
     if final.exists():
         old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"

@@ -100,3 +100,51 @@ def test_training_loss_falls(tmp_path, consensus_weight):
     assert last < 0.6 * first, (first, last)
     if consensus_weight:
         assert "consensus" in hist[0]
+
+
+class PositionAwareParser:
+    """A stand-in parser that is exactly flip-consistent: eye-coloured pixels on the image's right
+    half are the subject's left eye (a correct parser's behaviour on any image, flipped or not)."""
+
+    def predict_logits(self, rgb):
+        rgb = np.asarray(rgb)
+        B, H, W, _ = rgb.shape
+        logits = np.full((B, 19, H, W), -10.0, np.float32)
+        eye = (np.abs(rgb.astype(int) - CANON.palette[CANON.index("l_eye")]).sum(-1) < 60)
+        right = np.arange(W)[None, None, :] >= W / 2
+        cls = np.where(eye & right, CANON.index("l_eye"), np.where(eye, CANON.index("r_eye"), 0))
+        np.put_along_axis(logits, cls[:, None], 10.0, axis=1)
+        return torch.from_numpy(logits)
+
+
+def test_flip_tta_swaps_left_and_right_back():
+    from facegs.parsing.label_views import predict_probs
+
+    rgb, lab = blob_image(np.random.default_rng(4))
+    rgb[lab == CANON.index("r_eye")] = CANON.palette[CANON.index("l_eye")]  # both eyes look alike
+    parser = PositionAwareParser()
+    direct = predict_probs(parser, rgb[None])
+    tta = predict_probs(parser, rgb[None], flip_tta=True)
+    assert torch.equal(direct.argmax(1), tta.argmax(1))
+    eyes = torch.from_numpy(lab[None] == CANON.index("l_eye"))
+    assert tta[:, CANON.index("l_eye")][eyes].min() > 0.99  # without the swap it would be ~0.5
+
+
+def test_label_cli_with_a_parser_checkpoint(tmp_path):
+    from facegs.cli import main as facegs_main
+    from facegs.imageio import read_confidence, read_labels
+    from facegs.manifest import load_manifest
+    from facegs.parsing.checkpoint import save_parser
+
+    write_subject(tmp_path / "s0", "s0", np.random.default_rng(0), n=3)
+    ckpt = tmp_path / "p.pt"
+    save_parser(ckpt, BiSeNet(19, width=0.125).eval(), width=0.125, input_size=(64, 64))
+    assert facegs_main(["label", str(tmp_path), "--parser", str(ckpt), "--flip-tta", "--batch-size", "2"]) == 0
+    m = load_manifest(tmp_path / "s0")
+    assert all(v.labels == f"labels/{v.view_id}.png" and v.confidence for v in m.views)
+    for v in m.views:
+        assert read_labels(m.path(v.labels)).shape == (64, 64)
+        c = read_confidence(m.path(v.confidence))
+        assert 0.0 < c.min() <= c.max() <= 1.0
+    assert m.source["labelling"]["flip_tta"] is True
+    assert not [p for p in (tmp_path / "s0").iterdir() if p.name.startswith(".")]  # no temp folders left

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from facegs.errors import InputError
+from facegs.fsutil import swap_into_place
 from facegs.imageio import read_labels, read_rgb, write_confidence, write_labels
 from facegs.labels import CANONICAL, get_label_set, remap
 from facegs.manifest import SubjectManifest, load_manifest, save_manifest
@@ -41,16 +42,6 @@ def predict_probs(parser, rgb_batch: np.ndarray, flip_tta: bool = False) -> torc
         perm = torch.from_numpy(get_label_set(CANONICAL).flip_permutation)
         probs = 0.5 * (probs + pf[:, perm].flip(-1))
     return probs
-
-
-def _swap_in(tmp: Path, final: Path) -> None:
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_view_labels(
@@ -94,8 +85,8 @@ def write_view_labels(
         shutil.rmtree(tmp_l, ignore_errors=True)
         shutil.rmtree(tmp_c, ignore_errors=True)
         raise
-    _swap_in(tmp_l, root / "labels")
-    _swap_in(tmp_c, root / "confidence")
+    swap_into_place(tmp_l, root / "labels")
+    swap_into_place(tmp_c, root / "confidence")
     src = dict(manifest.source)
     if source is not None:
         src["labelling"] = source
