@@ -11,6 +11,12 @@ s/step, total s, PSNR, label accuracy vs GT of the fused labels and of the noisy
     .venv/bin/python bench/fit_speed.py --profile            # + cProfile top functions
 
 Target: <= 90 s for the fit on 2 CPU cores (``--threads 2``).
+
+Timing on a shared machine: torch's OpenMP threads busy-wait at every parallel region. When other
+processes compete for the cores, a descheduled thread makes its partner spin, and a 2-thread fit
+can become 10x slower (measured: 1009 s instead of 67 s at a load average of 6 on 2 cores).
+There, ``--threads 1`` (106 s at the same load) or ``OMP_WAIT_POLICY=PASSIVE`` is far more robust.
+The JSON records the load average and the process CPU time next to the wall time.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import cProfile
 import dataclasses
 import io
 import json
+import os
 import platform
 import pstats
 import sys
@@ -96,8 +103,6 @@ def demo_config(args) -> FitConfig:
 def _load() -> float | None:
     """1-minute load average (other processes on the machine inflate wall times)."""
     try:
-        import os
-
         return os.getloadavg()[0]
     except OSError:
         return None
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_s": s.get("eval_s"), "total_s": total, "cpu_s": cpu, "load_avg_1m": _load(), "psnr": ev.get("psnr"),
         "label_acc_gt": ev.get("label_acc_gt"), "input_acc_gt": ev.get("input_acc_gt"), "miou_gt": ev.get("miou_gt"), "input_miou_gt": ev.get("input_miou_gt"),
         "label_acc_input": ev.get("label_acc_input"), "n_refines": s["n_refines"], "n_resets": s["n_resets"],
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "noise": args.noise, "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "init"},
         "init": dataclasses.asdict(cfg.init), "n_over_time": [x["n_gaussians"] for x in res.metrics[:: max(1, cfg.steps // 20)]],
     }  # fmt: skip

@@ -61,7 +61,8 @@ def arms(base_ckpt: str) -> list[tuple[str, str, dict]]:
         ("refined (clean GT labels)", "pixel:0.0", {}),
         ("ablation: no confidence weighting", "parser", {"confidence_weighting": False}),
         ("ablation: label grads off geometry", "parser", {"label_grad_to_geometry": False}),
-        ("ablation: blended probabilities", "parser", {"label_mode": "probs"}),
+        ("ablation: other label mode", "parser",
+         {"label_mode": "logits" if FitConfig().label_mode == "probs" else "probs"}),
     ]
 
 

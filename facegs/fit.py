@@ -33,12 +33,14 @@ Loss per step (B views):
   renormalised away).
 
 ``label_grad_to_geometry=False`` (Panoptic Lifting's stop-gradient): label gradients reach only
-the logits. Done exactly at the cost of one extra no-grad forward: the differentiable call renders
-``[rgb, c - c.detach()]`` (label channels identically 0, so the rasterizer's geometry gradient,
-which weights each channel's upstream gradient by the channel's colour, gets exactly 0 from them,
-while their colour gradient ``weights^T dL/dout`` is the true gradient for ``c``), and the label
-values come from a ``torch.no_grad`` render of ``c``; the two are added. The alternative (a second
-differentiable call on detached geometry) costs a full extra forward and backward.
+the logits, exactly, in the same single rasterize call. The rasterizer's gradient with respect to
+the geometry weights each channel's upstream gradient by that channel's colour; so the label
+channels are rendered twice, as ``c.detach()`` (the values; this output is detached, so it sends
+no gradient back) and as ``c - c.detach()`` (identically 0: adds exactly nothing to the geometry
+gradient, while its colour gradient ``weights^T dL/dout`` is the true gradient of ``c``); the
+label image is the sum of the two outputs. Cost: 3 + 2K channels instead of 3 + K (the
+per-pixel alpha and transmittance work, which dominates, is shared), versus a second full
+rasterize of detached geometry for the two-call alternative.
 
 Densification: gsplat's ``DefaultStrategy`` with its iteration numbers scaled to the short
 schedule, the number of Gaussians capped (:class:`CappedDefaultStrategy`), and the opacity reset
@@ -113,7 +115,7 @@ class FitConfig:
     # losses
     ssim_lambda: float = 0.2
     label_weight: float = 0.5
-    label_mode: str = "logits"  # logits | probs
+    label_mode: str = "probs"  # probs | logits (probs measured better, see bench/fit_speed.py)
     label_bg_logit: float = 10.0  # background-class logit composited with T (logits mode)
     label_background: bool = True  # composite the background class with the transmittance
     label_grad_to_geometry: bool = True
@@ -415,7 +417,7 @@ def step_backgrounds(n: int, cfg: FitConfig, has_masks: bool, generator: torch.G
 
 
 def render(params: Params, viewmats: Tensor, Ks: Tensor, width: int, height: int, bg_rgb: Tensor, *,
-           sh_degree: int | None = None, label_mode: str = "logits", label_background: bool = True,
+           sh_degree: int | None = None, label_mode: str = "probs", label_background: bool = True,
            label_bg_logit: float = 10.0, label_grad_to_geometry: bool = True, with_labels: bool = True,
            backend: str = "auto", tile_size: int | None = None) -> tuple[Tensor, Tensor | None, Tensor, dict]:
     """Render RGB and label channels of B views in one differentiable rasterize call.
@@ -424,7 +426,7 @@ def render(params: Params, viewmats: Tensor, Ks: Tensor, width: int, height: int
     Returns ``rgb`` [B, H, W, 3], ``labels`` [B, H, W, K] (blended logits or probabilities, see
     :func:`facegs.losses3d.label_probs`; None without labels), ``alpha`` [B, H, W, 1] and the
     rasterizer's ``meta`` (for the densification strategy). With ``label_grad_to_geometry=False``
-    the label channels carry gradient to the logits only (module docstring).
+    the label channels carry gradient to the logits only, in the same call (module docstring).
     """
     means, quats, scales, opac = activated(params)
     B = viewmats.shape[0]
@@ -444,14 +446,14 @@ def render(params: Params, viewmats: Tensor, Ks: Tensor, width: int, height: int
         out, alpha, meta = rasterize(means, quats, scales, opac, cols, viewmats, Ks,
                                      backgrounds=torch.cat([bg_rgb, bg_lab], -1))
         return out[..., :3], out[..., 3:], alpha, meta
-    zero_valued = (lab_c - lab_c.detach())[None].expand(B, -1, -1)  # value 0, gradient identity
-    cols = torch.cat([rgb_c, zero_valued], dim=-1)
-    bgs = torch.cat([bg_rgb, torch.zeros_like(bg_lab)], -1)
+    # one call, two label channel groups: values (detached colours, output detached) and
+    # gradient carriers (colours identically 0, so they add exactly nothing to the geometry gradient)
+    values = lab_c.detach()[None].expand(B, -1, -1)
+    carriers = (lab_c - lab_c.detach())[None].expand(B, -1, -1)
+    cols = torch.cat([rgb_c, values, carriers], dim=-1)
+    bgs = torch.cat([bg_rgb, bg_lab, torch.zeros_like(bg_lab)], -1)
     out, alpha, meta = rasterize(means, quats, scales, opac, cols, viewmats, Ks, backgrounds=bgs)
-    with torch.no_grad():
-        values, _, _ = rasterize(means.detach(), quats.detach(), scales.detach(), opac.detach(),
-                                 lab_c.detach(), viewmats, Ks, backgrounds=bg_lab)
-    return out[..., :3], out[..., 3:] + values, alpha, meta
+    return out[..., :3], out[..., 3 : 3 + K].detach() + out[..., 3 + K :], alpha, meta
 
 
 # ----------------------------------------------------------------------------------------------

@@ -228,7 +228,8 @@ def register(sub) -> None:
     p.add_argument("--downscale", type=float, default=1.0, help="fit at capture resolution / this")
     p.add_argument("--yaw", type=float, nargs=2, default=(-90.0, 90.0), metavar=("MIN", "MAX"))
     p.add_argument("--pitch", type=float, nargs=2, default=(-40.0, 40.0), metavar=("MIN", "MAX"))
-    p.add_argument("--label-mode", choices=["logits", "probs"], default="logits")
+    p.add_argument("--label-mode", choices=["logits", "probs"], default=FitConfig().label_mode,
+                   help="softmax of blended logits, or blended per-Gaussian probabilities")
     p.add_argument("--no-confidence", action="store_true", help="ignore the parser's confidence maps")
     p.add_argument("--no-label-grad-geometry", action="store_true",
                    help="label loss updates class logits only, not geometry")

@@ -165,7 +165,8 @@ def test_load_view_data_downscales_and_scales_K(subject):
     assert set(half.labels.unique().tolist()) <= set(full.labels.unique().tolist())
 
 
-def test_label_loss_gives_no_gradient_to_geometry_when_disabled(subject):
+@pytest.mark.parametrize("mode", ["logits", "probs"])
+def test_label_loss_gives_no_gradient_to_geometry_when_disabled(subject, mode):
     data = load_view_data(subject, views=["v02", "v05"])
     cfg = small_cfg()
     params, _ = init_scene(subject, data, cfg)
@@ -177,9 +178,9 @@ def test_label_loss_gives_no_gradient_to_geometry_when_disabled(subject):
             p.grad = None
         bg = torch.rand(2, 3, generator=torch.Generator().manual_seed(0))
         rgb, lab, alpha, meta = render(params, data.viewmats, data.Ks, data.width, data.height, bg, sh_degree=0,
-                                       label_grad_to_geometry=g2g, backend="torch")
+                                       label_mode=mode, label_grad_to_geometry=g2g, backend="torch")
         meta["means2d"].retain_grad()
-        nll = L.label_nll(lab, alpha, data.labels, "logits", 0)
+        nll = L.label_nll(lab, alpha, data.labels, mode, 0)
         nll.mean().backward()
         grads[g2g] = {k: (None if p.grad is None else p.grad.clone()) for k, p in params.items()}
         grads[g2g]["means2d"] = meta["means2d"].grad
@@ -210,8 +211,8 @@ def test_short_fit_reduces_rgb_loss_and_improves_labels(subject):
     assert {"loss", "rgb", "label", "psnr", "label_acc", "n_gaussians", "time_s"} <= set(res.metrics[0])
 
 
-@pytest.mark.parametrize("mode", ["probs"])
-def test_probs_mode_with_consensus_and_detached_labels_runs(subject, mode):
+@pytest.mark.parametrize("mode", ["logits", "probs"])
+def test_label_modes_with_consensus_and_detached_labels_run(subject, mode):
     cfg = small_cfg(steps=12, label_mode=mode, consensus_outliers=True, consensus_start=4,
                     label_grad_to_geometry=False, densify=False)
     res = fit_subject(subject, cfg, progress=False)
