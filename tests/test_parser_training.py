@@ -148,3 +148,22 @@ def test_label_cli_with_a_parser_checkpoint(tmp_path):
         assert 0.0 < c.min() <= c.max() <= 1.0
     assert m.source["labelling"]["flip_tta"] is True
     assert not [p for p in (tmp_path / "s0").iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+class PaletteParser:
+    """Predicts the class whose palette colour is nearest: exact on blob_image data."""
+
+    def predict_logits(self, rgb):
+        rgb = np.asarray(rgb).astype(np.int32)
+        d = ((rgb[:, :, :, None, :] - CANON.palette.astype(np.int32)[None, None, None]) ** 2).sum(-1)
+        return torch.from_numpy(-d.transpose(0, 3, 1, 2).astype(np.float32))
+
+
+def test_evaluate_parser_scores_and_bins_every_view(tmp_path):
+    from facegs.parsing.evaluate import evaluate_parser
+
+    write_subject(tmp_path / "s0", "s0", np.random.default_rng(0), n=6)
+    s = evaluate_parser(PaletteParser(), collect_views([tmp_path]), batch_size=4, progress=False).summary()
+    assert s["overall"]["n_images"] == 6 and s["overall"]["pixel_acc"] > 0.98
+    assert s["overall"]["group_f1"]["eyes"] > 0.95
+    assert [b["n_images"] for b in s["yaw"]] == [2, 2, 0, 2]  # |yaw| 10, 40, 80

@@ -9,7 +9,6 @@ labels (ignored by the loss) and black in the image. A horizontal flip swaps lef
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import cv2
@@ -110,7 +109,3 @@ def augment(
         rgb, labels = hflip(rgb, labels, label_set)
     return rgb, labels
 
-
-def rotation_from_affine(M: np.ndarray) -> float:
-    """Rotation angle (degrees) of a 2x3 affine matrix (used by tests)."""
-    return math.degrees(math.atan2(-M[0, 1], M[0, 0]))

@@ -22,7 +22,7 @@ from facegs.imageio import read_labels, read_rgb
 from facegs.labels import CANONICAL, remap
 from facegs.manifest import find_subject_dirs, load_manifest
 from facegs.parsing.augment import AugmentConfig, augment, resize_pair
-from facegs.parsing.normalize import IMAGENET_MEAN, IMAGENET_STD
+from facegs.parsing.normalize import normalize_rgb
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,7 @@ def collect_views(
 
 def to_tensor_image(rgb: np.ndarray) -> torch.Tensor:
     """[H, W, 3] uint8 RGB -> [3, H, W] float32, ImageNet-normalised (BiSeNet's input)."""
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-    std = np.asarray(IMAGENET_STD, dtype=np.float32)
-    x = (rgb.astype(np.float32) / 255.0 - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    return normalize_rgb(torch.from_numpy(np.ascontiguousarray(rgb))[None], channels_last=True)[0]
 
 
 class ParsingDataset(Dataset):

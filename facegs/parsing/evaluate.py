@@ -11,7 +11,7 @@ from facegs.imageio import read_labels, read_rgb
 from facegs.labels import CANONICAL, remap
 from facegs.metrics import PoseBinnedEvaluator
 from facegs.parsing.data import ViewItem
-from facegs.parsing.label_views import predict_probs
+from facegs.parsing.label_views import predict_images
 
 
 def evaluate_parser(parser, items: Sequence[ViewItem], *, batch_size: int = 16, flip_tta: bool = False,
@@ -22,10 +22,6 @@ def evaluate_parser(parser, items: Sequence[ViewItem], *, batch_size: int = 16, 
         chunk = items[start:start + batch_size]
         imgs = [read_rgb(it.image) for it in chunk]
         gts = [remap(read_labels(it.labels), it.label_set, CANONICAL) for it in chunk]
-        same = len({im.shape for im in imgs}) == 1
-        groups = [list(range(len(chunk)))] if same else [[k] for k in range(len(chunk))]
-        for g in groups:
-            pred = predict_probs(parser, np.stack([imgs[k] for k in g]), flip_tta=flip_tta).argmax(dim=1).numpy()
-            for j, k in enumerate(g):
-                ev.update(pred[j].astype(np.uint8), gts[k], yaw=chunk[k].yaw, pitch=chunk[k].pitch)
+        for probs, gt, it in zip(predict_images(parser, imgs, flip_tta), gts, chunk):
+            ev.update(probs.argmax(dim=0).numpy().astype(np.uint8), gt, yaw=it.yaw, pitch=it.pitch)
     return ev

@@ -13,9 +13,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +41,14 @@ def predict_probs(parser, rgb_batch: np.ndarray, flip_tta: bool = False) -> torc
         perm = torch.from_numpy(get_label_set(CANONICAL).flip_permutation)
         probs = 0.5 * (probs + pf[:, perm].flip(-1))
     return probs
+
+
+def predict_images(parser, images: list[np.ndarray], flip_tta: bool = False) -> list[torch.Tensor]:
+    """Probabilities [19, H, W] for each RGB [H, W, 3] uint8 image: one batch when all images share
+    a size, else one call per image."""
+    if len({im.shape for im in images}) == 1:
+        return list(predict_probs(parser, np.stack(images), flip_tta=flip_tta))
+    return [predict_probs(parser, im[None], flip_tta=flip_tta)[0] for im in images]
 
 
 def write_view_labels(
@@ -102,14 +109,10 @@ def label_subject_with_parser(subject_dir: str | os.PathLike, parser, *, batch_s
     m = load_manifest(subject_dir)
 
     def produce(idx: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-        imgs = [read_rgb(m.path(m.views[i].image)) for i in idx]
-        shapes = {im.shape for im in imgs}
         out = []
-        groups = [imgs] if len(shapes) == 1 else [[im] for im in imgs]
-        for g in groups:
-            probs = predict_probs(parser, np.stack(g), flip_tta=flip_tta)
-            conf, lab = probs.max(dim=1)
-            out += [(lab[k].numpy().astype(np.uint8), conf[k].numpy().astype(np.float32)) for k in range(len(g))]
+        for probs in predict_images(parser, [read_rgb(m.path(m.views[i].image)) for i in idx], flip_tta):
+            conf, lab = probs.max(dim=0)
+            out.append((lab.numpy().astype(np.uint8), conf.numpy().astype(np.float32)))
         return out
 
     return write_view_labels(m, produce, batch_size, progress,
@@ -140,7 +143,3 @@ def label_subject_with_noise(subject_dir: str | os.PathLike, spec: str, seed: in
 
     return write_view_labels(m, produce, batch_size=16, progress=progress,
                              source={"kind": "noise", "spec": spec, "seed": seed})
-
-
-def label_subjects(subject_dirs: Iterable[str | os.PathLike], labeller: Callable[[str], SubjectManifest]) -> list[SubjectManifest]:
-    return [labeller(str(d)) for d in subject_dirs]

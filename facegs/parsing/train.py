@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,9 +37,6 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def seed_everything(seed: int) -> None:
