@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "facegs.validate",  # facegs validate
     "facegs.parsing.cli",  # facegs parser ..., facegs label
     "facegs.refine",  # facegs refine
+    "facegs.dataset_cli",  # facegs dataset info/sheet/finalize
 )
 
 

@@ -57,3 +57,15 @@ class InputError(ValueError):
             "path": self.path,
             "message": self.message,
         }
+
+
+class FitError(RuntimeError):
+    """A fit that finished but cannot be used (e.g. too few face parts to place the head frame).
+
+    Deterministic for given inputs and config, so the factory does not retry it; it usually means
+    poor initial labels or too few fit steps, not broken files.
+    """
+
+    def __init__(self, message: str, *, subject: str | None = None) -> None:
+        self.message, self.subject = message, subject
+        super().__init__(f"subject '{subject}': {message}" if subject else message)

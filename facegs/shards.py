@@ -220,11 +220,18 @@ class EncodedSample:
         return sum(len(b) for _, b in self.members)
 
 
-def encode_samples(samples: Iterable[Sample], rgb_format: str = "jpg",
+def encode_samples(samples: "Iterable[Sample | EncodedSample]", rgb_format: str = "jpg",
                    jpeg_quality: int = 95) -> Iterator[EncodedSample]:
-    """Stage: encode samples one by one (lazily); raises on a repeated key."""
+    """Stage: encode samples one by one (lazily); raises on a repeated key. Already encoded samples
+    (:class:`EncodedSample`, e.g. when re-sharding) pass through unchanged."""
     seen: set[str] = set()
     for s in samples:
+        if isinstance(s, EncodedSample):
+            if s.key in seen:
+                raise InputError("duplicate sample key in one write", subject=s.subject_id, view=s.key, field="key")
+            seen.add(s.key)
+            yield s
+            continue
         members = encode_sample(s, rgb_format, jpeg_quality)
         m = s.meta
         if s.key in seen:
@@ -473,7 +480,7 @@ def write_record(root: DatasetRoot, record: ShardRecord) -> None:
 
 
 def write_shards(
-    samples: Iterable[Sample],
+    samples: "Iterable[Sample | EncodedSample]",
     root_url: "str | DatasetRoot",
     prefix: str,
     *,

@@ -1,9 +1,11 @@
 """``make demo``: the pipeline on the embedded default (synthetic subjects, CPU).
 
-Stages so far: synthetic capture subjects -> validation -> contact sheets -> base parser
-(near-frontal training only) -> initial labels of every capture view -> pose-binned evaluation
-of those labels against ground truth. Every stage skips work whose output already exists, so a
-rerun after an interruption continues where it stopped.
+Stages: synthetic capture subjects -> validation -> contact sheets -> base parser (near-frontal
+training only) -> initial labels of every capture view and their pose-binned evaluation against
+ground truth -> the dataset factory on a local Ray (``ray_jobs.build_dataset``: parser labels ->
+joint 3DGS fit -> renders in the head frame -> WebDataset shards). Every stage skips work whose
+output already exists (the factory skips complete subjects), so a rerun after an interruption
+continues where it stopped.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parser-steps", type=int, default=600, help="base parser training steps")
     p.add_argument("--parser-subjects", type=int, default=12, help="base parser training subjects")
+    p.add_argument("--fit-steps", type=int, default=600, help="3DGS fit steps per subject (factory)")
+    p.add_argument("--renders", type=int, default=24, help="novel views rendered per subject (factory)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     return p.parse_args(argv)
 
 
@@ -45,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     from facegs.viz import write_contact_sheet
     from facegs.manifest import load_manifest
 
-    print(f"[1/5] synthesising {a.subjects} subjects ({a.rig} rig, {a.res}px) into {out / 'subjects'}")
+    print(f"[1/6] synthesising {a.subjects} subjects ({a.rig} rig, {a.res}px) into {out / 'subjects'}")
     dirs = generate_dataset(out / "subjects", a.subjects, master_seed=a.seed, skip_existing=True, rig=a.rig, res=a.res)
     stage("synth")
 
-    print("[2/5] validating subjects")
+    print("[2/6] validating subjects")
     report = validate_tree(out / "subjects")
     n_problems = sum(len(v) for v in report.values())
     if n_problems:
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     stage("validate")
 
-    print("[3/5] writing contact sheets")
+    print("[3/6] writing contact sheets")
     sheets = out / "contact_sheets"
     sheets.mkdir(exist_ok=True)
     for d in dirs:
@@ -74,21 +79,21 @@ def main(argv: list[str] | None = None) -> int:
 
     ckpt = out / "parser" / "base.pt"
     if not ckpt.is_file():
-        print(f"[4/5] training the base parser on near-frontal views ({a.parser_steps} steps)")
+        print(f"[4/6] training the base parser on near-frontal views ({a.parser_steps} steps)")
         cfg = BaseParserConfig(subjects=a.parser_subjects, views=12, res=a.res, width=0.25, seed=a.seed,
                                train=TrainConfig(steps=a.parser_steps, batch_size=12, warmup_steps=30,
                                                  augment=AugmentConfig(out_size=a.res)))
         ckpt.parent.mkdir(exist_ok=True)
         train_base_parser(cfg, out / "parser" / "train_subjects", ckpt)
     else:
-        print(f"[4/5] reusing base parser {ckpt}")
+        print(f"[4/6] reusing base parser {ckpt}")
     stage("base_parser")
 
     from facegs.parsing.data import collect_views
     from facegs.parsing.evaluate import evaluate_parser
     from facegs.parsing.label_views import label_subject_with_parser
 
-    print("[5/5] labelling every capture view with the base parser and evaluating against ground truth")
+    print("[5/6] labelling every capture view with the base parser and evaluating against ground truth")
     parser = load_parser(ckpt)
     for d in dirs:
         label_subject_with_parser(d, parser, flip_tta=True, parser_name=ckpt.name)
@@ -96,7 +101,29 @@ def main(argv: list[str] | None = None) -> int:
     ev.save(out / "eval_base_parser")
     stage("label_and_eval")
 
-    summary = {"out": str(out.resolve()), "subjects": [str(d) for d in dirs], "timings_s": timings}
+    from ray_jobs import build_dataset
+
+    print("[6/6] dataset factory on a local Ray: parser labels -> 3DGS fit -> head-frame renders -> shards")
+    ds = out / "dataset"
+    args = ["--subjects", str(out / "subjects"), "--out", str(ds), "--labels", f"parser:{ckpt}",
+            "--preset", "cpu_demo", "--steps", str(a.fit_steps), "--renders", str(a.renders), "--seed", str(a.seed)]
+    if a.num_cpus:
+        args += ["--num-cpus", str(a.num_cpus)]
+    rc = build_dataset.main(args)
+    stage("factory")
+    if rc != 0:
+        print(f"the factory failed for some subjects: see {ds / 'summary.json'}", file=sys.stderr)
+        return rc
+    from facegs.shards import read_manifest
+    from facegs.stream import ShardDataset
+    from facegs.viz import write_shard_contact_sheet
+
+    table = read_manifest(str(ds))
+    n_read = sum(1 for _ in ShardDataset(str(ds)))
+    sheet = write_shard_contact_sheet(str(ds), out / "contact_sheets" / "dataset_samples.png", max_samples=24)
+
+    summary = {"out": str(out.resolve()), "subjects": [str(d) for d in dirs], "timings_s": timings,
+               "dataset": str(ds.resolve()), "shards": table.num_rows, "samples": n_read}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print()
     print(ev.to_markdown())
@@ -105,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"contact sheets:  {sheets}")
     print(f"base parser:     {ckpt}")
     print(f"evaluation:      {out / 'eval_base_parser'} (metrics.md, metrics.json, plot)")
+    print(f"shards:          {ds / 'shards'} ({table.num_rows} shards, {n_read} samples read back)")
+    print(f"shard manifest:  {ds / 'manifest.parquet'}  factory summary: {ds / 'summary.json'}")
+    print(f"shard samples:   {sheet}")
     print(f"summary:         {out / 'summary.json'}  timings {timings}")
     return 0
 
