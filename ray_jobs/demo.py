@@ -3,9 +3,10 @@
 Stages: synthetic capture subjects -> validation -> contact sheets -> base parser (near-frontal
 training only) -> initial labels of every capture view and their pose-binned evaluation against
 ground truth -> the dataset factory on a local Ray (``ray_jobs.build_dataset``: parser labels ->
-joint 3DGS fit -> renders in the head frame -> WebDataset shards). Every stage skips work whose
-output already exists (the factory skips complete subjects), so a rerun after an interruption
-continues where it stopped.
+joint 3DGS fit -> renders in the head frame -> WebDataset shards) and Ray Train fine-tuning over the
+shards, then the pose-binned comparison of the base and fine-tuned parsers on held-out subjects
+(``ray_jobs.pipeline`` with one EM round). Every stage skips work whose output already exists
+(the factory skips complete subjects), so a rerun after an interruption continues where it stopped.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fit-steps", type=int, default=600, help="3DGS fit steps per subject (factory)")
     p.add_argument("--renders", type=int, default=24, help="novel views rendered per subject (factory)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--ft-epochs", type=int, default=3, help="fine-tuning epochs (Ray Train, 2 workers)")
+    p.add_argument("--ft-epoch-length", type=int, default=96, help="fine-tuning samples per worker per epoch")
+    p.add_argument("--test-subjects", type=int, default=2, help="held-out grid subjects for the evaluation")
     return p.parse_args(argv)
 
 
@@ -101,40 +105,46 @@ def main(argv: list[str] | None = None) -> int:
     ev.save(out / "eval_base_parser")
     stage("label_and_eval")
 
-    from ray_jobs import build_dataset
+    from ray_jobs import pipeline
 
-    print("[6/6] dataset factory on a local Ray: parser labels -> 3DGS fit -> head-frame renders -> shards")
-    ds = out / "dataset"
-    args = ["--subjects", str(out / "subjects"), "--out", str(ds), "--labels", f"parser:{ckpt}",
-            "--preset", "cpu_demo", "--steps", str(a.fit_steps), "--renders", str(a.renders), "--seed", str(a.seed)]
+    print("[6/6] EM round on a local Ray: parser labels -> 3DGS fit -> head-frame renders -> shards -> Ray Train "
+          "fine-tuning -> evaluation on held-out grid subjects")
+    ds = out / "pipeline" / "round1" / "dataset"
+    args = ["--subjects", str(out / "subjects"), "--parser", str(ckpt), "--out", str(out / "pipeline"),
+            "--rounds", "1", "--make-test", str(a.test_subjects), "--test-res", str(a.res), "--seed", str(a.seed),
+            "--preset", "cpu_demo", "--steps", str(a.fit_steps), "--renders", str(a.renders),
+            "--epochs", str(a.ft_epochs), "--epoch-length", str(a.ft_epoch_length), "--size", str(a.res),
+            "--workers", "2", "--mix-dir", str(out / "parser" / "train_subjects"), "--mix-ratio", "0.3"]
     if a.num_cpus:
         args += ["--num-cpus", str(a.num_cpus)]
-    rc = build_dataset.main(args)
-    stage("factory")
+    rc = pipeline.main(args)
+    stage("pipeline")
     if rc != 0:
-        print(f"the factory failed for some subjects: see {ds / 'summary.json'}", file=sys.stderr)
+        print(f"the pipeline failed: see {out / 'pipeline'}", file=sys.stderr)
         return rc
     from facegs.shards import read_manifest
-    from facegs.stream import ShardDataset
     from facegs.viz import write_shard_contact_sheet
 
     table = read_manifest(str(ds))
-    n_read = sum(1 for _ in ShardDataset(str(ds)))
+    n_samples = int(sum(table.column("num_samples").to_pylist()))
     sheet = write_shard_contact_sheet(str(ds), out / "contact_sheets" / "dataset_samples.png", max_samples=24)
 
     summary = {"out": str(out.resolve()), "subjects": [str(d) for d in dirs], "timings_s": timings,
-               "dataset": str(ds.resolve()), "shards": table.num_rows, "samples": n_read}
+               "dataset": str(ds.resolve()), "shards": table.num_rows, "samples": n_samples,
+               "report": str((out / "pipeline" / "report").resolve())}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print()
-    print(ev.to_markdown())
+    print("base parser vs fine-tuned on held-out subjects (mean F1 by |yaw|):")
+    print(json.loads((out / "pipeline" / "pipeline.json").read_text())["table"])
     print()
     print(f"subjects:        {out / 'subjects'}")
     print(f"contact sheets:  {sheets}")
     print(f"base parser:     {ckpt}")
     print(f"evaluation:      {out / 'eval_base_parser'} (metrics.md, metrics.json, plot)")
-    print(f"shards:          {ds / 'shards'} ({table.num_rows} shards, {n_read} samples read back)")
+    print(f"shards:          {ds / 'shards'} ({table.num_rows} shards, {n_samples} samples)")
     print(f"shard manifest:  {ds / 'manifest.parquet'}  factory summary: {ds / 'summary.json'}")
     print(f"shard samples:   {sheet}")
+    print(f"report:          {out / 'pipeline' / 'report' / 'report.md'} (plots, contact_sheet.html for rating)")
     print(f"summary:         {out / 'summary.json'}  timings {timings}")
     return 0
 
