@@ -6,7 +6,7 @@ For held-out synthetic subjects (disjoint from the base parser's training subjec
 3. estimates the head frame from the semantic Gaussians and renders a fixed yaw/pitch grid;
 4. scores the refined labels against the generator's exact labels rendered at the same cameras.
 Reference (a): the base parser run on the generator's ground-truth images of those same views.
-Ablations (base-parser labels): no confidence weighting, label gradients kept off the geometry,
+Ablations (base-parser labels): no confidence weighting, label gradients to the geometry switched (on/off against the default),
 blended probabilities instead of logits, and no post-processing (same fit, argmax only).
 
     .venv/bin/python bench/label_refinement.py --rig facescape      # one rig per process
@@ -59,8 +59,12 @@ def arms(base_ckpt: str) -> list[tuple[str, str, dict]]:
         ("refined (base parser labels)", "parser", {}),
         ("refined (50% pixel noise)", "pixel:0.5", {}),
         ("refined (clean GT labels)", "pixel:0.0", {}),
+        ("refined (30% left/right swaps)", "lr_swap:0.3", {}),
+        ("refined (boundary noise 3 px)", "boundary:3", {}),
+        ("refined (pose-dependent noise)", "pose:1", {}),
         ("ablation: no confidence weighting", "parser", {"confidence_weighting": False}),
-        ("ablation: label grads off geometry", "parser", {"label_grad_to_geometry": False}),
+        ("ablation: label grads to geometry " + ("off" if FitConfig().label_grad_to_geometry else "on"), "parser",
+         {"label_grad_to_geometry": not FitConfig().label_grad_to_geometry}),
         ("ablation: other label mode", "parser",
          {"label_mode": "logits" if FitConfig().label_mode == "probs" else "probs"}),
     ]

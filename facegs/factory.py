@@ -135,9 +135,12 @@ class FactoryConfig:
 
 
 def config_hash(cfg: FactoryConfig, parser_sha256: str | None = None) -> str:
-    """16 hex digits over the config (and the parser checkpoint's content hash when labels come
-    from a parser: the same path with other weights is another config)."""
+    """16 hex digits over the config, its resolved fit/render settings (library defaults included)
+    and the parser checkpoint's content hash when labels come from a parser (the same path with
+    other weights is another config)."""
     d = cfg.to_dict()
+    # the resolved fit and render settings, so that a changed library default is a new config
+    d["resolved"] = asdict(cfg.refine(0))
     if cfg.label_source == "parser":
         d["labels"] = f"parser:sha256={parser_sha256 or 'unknown'}"
     d["label_set"] = [CANONICAL, get_label_set(CANONICAL).version]

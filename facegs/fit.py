@@ -118,7 +118,9 @@ class FitConfig:
     label_mode: str = "probs"  # probs | logits (probs measured better, see bench/fit_speed.py)
     label_bg_logit: float = 10.0  # background-class logit composited with T (logits mode)
     label_background: bool = True  # composite the background class with the transmittance
-    label_grad_to_geometry: bool = True
+    # False: noisy labels must not drag the geometry (measured with base-parser labels, both rigs:
+    # +8..+24 mIoU at |yaw| >= 75 and a 6 deg instead of 34 deg head frame; docs/benchmarks.md)
+    label_grad_to_geometry: bool = False
     confidence_weighting: bool = True
     consensus_outliers: bool = False
     consensus_start: int | None = None  # warm-up before the E-step (default steps // 3)

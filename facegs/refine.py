@@ -231,8 +231,8 @@ def register(sub) -> None:
     p.add_argument("--label-mode", choices=["logits", "probs"], default=FitConfig().label_mode,
                    help="softmax of blended logits, or blended per-Gaussian probabilities")
     p.add_argument("--no-confidence", action="store_true", help="ignore the parser's confidence maps")
-    p.add_argument("--no-label-grad-geometry", action="store_true",
-                   help="label loss updates class logits only, not geometry")
+    p.add_argument("--label-grad-geometry", action="store_true",
+                   help="let the label loss move the geometry too (default: it updates class logits only)")
     p.add_argument("--consensus-outliers", action="store_true",
                    help="EM-style down-weighting of labels that disagree with the 3D consensus")
     p.add_argument("--no-cleanup", action="store_true", help="plain argmax labels (ablation)")
@@ -248,7 +248,7 @@ def _cmd_refine(a) -> int:
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     fit = replace(FitConfig(), steps=a.steps, downscale=a.downscale, label_mode=a.label_mode,
-                  confidence_weighting=not a.no_confidence, label_grad_to_geometry=not a.no_label_grad_geometry,
+                  confidence_weighting=not a.no_confidence, label_grad_to_geometry=a.label_grad_geometry,
                   consensus_outliers=a.consensus_outliers, seed=a.seed)
     cfg = RefineConfig(fit=fit, n_renders=a.renders, res=a.res, yaw_range=tuple(a.yaw), pitch_range=tuple(a.pitch),
                        cleanup=not a.no_cleanup, seed=a.seed)

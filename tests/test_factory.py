@@ -79,6 +79,15 @@ def test_config_rejects_bad_values():
             FactoryConfig(**bad)
     a, b = FactoryConfig(), FactoryConfig(n_renders=31)
     assert config_hash(a) != config_hash(b) and config_hash(a) == config_hash(FactoryConfig())
+    import facegs.fit
+
+    h0 = config_hash(a)
+    facegs.fit.PRESETS["cpu_demo"] = {**facegs.fit.PRESETS["cpu_demo"], "steps": 599}
+    try:  # a changed library default (not in the factory config itself) is a new config
+        assert config_hash(FactoryConfig()) != h0
+    finally:
+        facegs.fit.PRESETS["cpu_demo"] = {**facegs.fit.PRESETS["cpu_demo"], "steps": 600}
+    assert config_hash(FactoryConfig()) == h0
     p = FactoryConfig(labels="parser:/x/base.pt")
     assert config_hash(p, "aa" * 32) != config_hash(p, "bb" * 32)  # other weights, other config
 
