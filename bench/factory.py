@@ -166,6 +166,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=80, help="fit steps of the scheduling subjects")
     ap.add_argument("--renders", type=int, default=8)
     ap.add_argument("--skip-scheduling", action="store_true")
+    ap.add_argument("--skip-io", action="store_true", help="only the scheduling measurement")
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "factory.json"))
     a = ap.parse_args()
     import torch
@@ -174,10 +175,28 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        w = bench_write(synthetic_samples("bench", a.samples, a.size), a.format, a.maxcount, Path(tmp), a.repeats)
-        r = bench_read(w["root"], a.repeats)
+        w = r = None
+        if not a.skip_io:
+            w = bench_write(synthetic_samples("bench", a.samples, a.size), a.format, a.maxcount, Path(tmp), a.repeats)
+            r = bench_read(w["root"], a.repeats)
         s = None if a.skip_scheduling else bench_scheduling(a.subjects, a.actors, Path(tmp) / "sched", a.steps,
                                                             a.renders)
+    if w is not None:
+        print_io(a, w, r)
+    if s:
+        print(f"\nscheduling: {s['subjects']} subjects on {s['actors']} actors {s['n_subjects_wall_s']:.1f} s vs "
+              f"{s['subjects']}/{s['actors']} x one subject on one actor ({s['one_subject_wall_s']:.1f} s) = "
+              f"{s['ideal_wall_s']:.1f} s -> ratio {s['ratio_wall_over_ideal']:.2f}; per-subject compute "
+              f"{s['subject_compute_s_alone']:.1f} s alone, {s['subject_compute_s_in_parallel']:.1f} s in parallel")
+    env = {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+           "load_avg_1min_start": load0, "load_avg_1min_end": os.getloadavg()[0]}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"env": env, "args": vars(a), "write": w, "read": r, "scheduling": s},
+                                      indent=2))
+    print(f"\nwrote {a.out}")
+
+
+def print_io(a: argparse.Namespace, w: dict, r: dict) -> None:
     print(f"\n{a.samples} samples {a.size}x{a.size} {a.format}, {w['shards']} shards, {w['mbytes']:.1f} MB; "
           f"encode {w['encode_ms_per_sample']:.1f} ms/sample (excluded below)")
     print(f"{'what':44s} {'samples/s':>10s} {'ratio':>7s}")
@@ -193,17 +212,6 @@ def main() -> None:
              r["ray_data_samples_per_s"] / r["facegs_stream_samples_per_s"])]
     for name, v, ratio in rows:
         print(f"{name:44s} {v:10.1f} {ratio:7.2f}")
-    if s:
-        print(f"\nscheduling: {s['subjects']} subjects on {s['actors']} actors {s['n_subjects_wall_s']:.1f} s vs "
-              f"{s['subjects']}/{s['actors']} x one subject on one actor ({s['one_subject_wall_s']:.1f} s) = "
-              f"{s['ideal_wall_s']:.1f} s -> ratio {s['ratio_wall_over_ideal']:.2f}; per-subject compute "
-              f"{s['subject_compute_s_alone']:.1f} s alone, {s['subject_compute_s_in_parallel']:.1f} s in parallel")
-    env = {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-           "load_avg_1min_start": load0, "load_avg_1min_end": os.getloadavg()[0]}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"env": env, "args": vars(a), "write": w, "read": r, "scheduling": s},
-                                      indent=2))
-    print(f"\nwrote {a.out}")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def raw_dataset(subject_dirs: list[Path], parser_path: str, root: Path, work: Pa
             shutil.copytree(d, tmp)
         label_subject_with_parser(tmp, parser, flip_tta=True, progress=False)
         m = load_manifest(tmp)
-        commit_subject(capture_samples(m, "raw00000", label_field="labels"), str(root), m.subject_id)
+        commit_subject(capture_samples(m, "00000a11", label_field="labels"), str(root), m.subject_id)
     merge_manifest(str(root))
 
 
@@ -80,7 +80,7 @@ def oracle_dataset(refined_root: Path, subjects_dir: Path, root: Path) -> None:
                  s["meta"]["height"]) for s in samples]
         gts = synth_render(params, cams, m.world_from_head, m.source.get("background", "world"))
         out = [Sample(rgb=s["rgb"], seg=g["labels"].astype(np.uint8), conf=np.ones(s["seg"].shape, np.float32),
-                      ignore=np.zeros(s["seg"].shape, bool), meta={**s["meta"], "config_hash": "0racle00"})
+                      ignore=np.zeros(s["seg"].shape, bool), meta={**s["meta"], "config_hash": "00000c1e"})
                for s, g in zip(samples, gts)]
         commit_subject(out, str(root), sid)
     merge_manifest(str(root))

@@ -592,13 +592,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _local_abs(p: str | None) -> str | None:
+    """Local relative paths made absolute on the driver: Ray Train workers run in another directory."""
+    return p if p is None or "://" in p else str(Path(p).expanduser().resolve())
+
+
 def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
     return FinetuneConfig(
-        shards=a.shards, init=a.init, out=a.out, storage_path=a.storage_path, name=a.name, workers=a.workers,
+        shards=_local_abs(a.shards), init=_local_abs(a.init), out=_local_abs(a.out), storage_path=a.storage_path, name=a.name, workers=a.workers,
         use_gpu=a.use_gpu, epochs=a.epochs, epoch_length=a.epoch_length, batch_size=a.batch_size, lr=a.lr,
         momentum=a.momentum, weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, size=a.size,
         augment=not a.no_augment, use_confidence=not a.no_confidence, consensus_weight=a.consensus_weight,
-        mix_dir=a.mix_dir, mix_label_set=a.mix_label_set, mix_ratio=a.mix_ratio,
+        mix_dir=_local_abs(a.mix_dir), mix_label_set=a.mix_label_set, mix_ratio=a.mix_ratio,
         storage_options=json.loads(a.storage_options) if a.storage_options else None, seed=a.seed,
         max_failures=a.max_failures, address=a.address, num_cpus=a.num_cpus, loader_workers=a.loader_workers,
         shuffle_buffer=a.shuffle_buffer, threads=a.threads, cpus_per_worker=a.cpus_per_worker,
