@@ -48,7 +48,7 @@ import torch
 import facegs
 from facegs.errors import FitError, InputError
 from facegs.fit import FitConfig, fit_config, fit_subject
-from facegs.headframe import HeadFrameError
+from facegs.headframe import HeadFrameError, head_frame_from_cameras
 from facegs.labels import CANONICAL, get_label_set
 from facegs.manifest import SubjectManifest
 from facegs.parsing.noise import derive_seed, parse_noise_spec
@@ -78,6 +78,9 @@ class FactoryConfig:
       ``yaw_range``/``pitch_range`` (degrees) with ``roll_jitter_deg``; ``res``: render size in px
       (None: the capture's width).
     - shard options: ``rgb_format`` (jpg|png), ``jpeg_quality``, ``maxcount`` samples per shard.
+    - ``camera_head_frame_fallback``: when the fitted scene shows too few face parts to place the
+      head frame (weak initial labels), use :func:`facegs.headframe.head_frame_from_cameras` (the
+      rig prior) instead of failing; samples record ``fit_metrics.head_frame_source``.
     """
 
     labels: str = "existing"
@@ -95,6 +98,7 @@ class FactoryConfig:
     maxcount: int = 64
     min_views: int = 4
     seed: int = 0
+    camera_head_frame_fallback: bool = True
 
     def __post_init__(self) -> None:
         kind = self.labels.split(":", 1)[0]
@@ -408,12 +412,19 @@ def process_subject(
         fit = fit_subject(m, rcfg.fit, device=device, backend=backend, progress=progress)
         lap("fit")
         params = {k: v.to(device) for k, v in fit.params.items()}
+        metrics = _fit_metrics(fit.summary)
         try:
             hf = head_frame_from_scene(params, rcfg.max_headframe_points)
+            metrics["head_frame_source"] = "scene"
         except HeadFrameError as e:
-            raise FitError(f"cannot place the head frame after fitting: {e}. The fitted scene shows too few "
-                           "face parts; check the initial labels or fit more steps", subject=sid) from None
-        metrics = _fit_metrics(fit.summary)
+            if not cfg.camera_head_frame_fallback:
+                raise FitError(f"cannot place the head frame after fitting: {e}. The fitted scene shows too few "
+                               "face parts; check the initial labels or fit more steps", subject=sid) from None
+            try:  # weak labels: fall back to the rig prior (poses become rig-relative; recorded per sample)
+                hf = head_frame_from_cameras(np.stack([v.world_to_camera for v in m.views]))
+            except HeadFrameError as e2:
+                raise FitError(f"cannot place the head frame: {e}; camera fallback: {e2}", subject=sid) from None
+            metrics["head_frame_source"] = "cameras"
         samples = subject_samples(params, hf.world_from_head, m, rcfg, chash, metrics, cfg.rgb_format, backend)
         if crash is not None and crash.subject_id == sid and crash.attempt == attempt:
             samples = _crash_after(samples, crash)

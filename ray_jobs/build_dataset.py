@@ -128,6 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     fit.add_argument("--seed", type=int, default=0, help="global seed (per-subject seeds derive from it)")
     fit.add_argument("--backend", default="auto", choices=["auto", "torch", "gsplat"], help="rasterizer")
     fit.add_argument("--min-views", type=int, default=4, help="subjects with fewer views fail")
+    fit.add_argument("--no-camera-head-frame", action="store_true",
+                     help="fail a subject whose fitted scene shows too few face parts for the head frame, instead of "
+                          "falling back to the camera rig's frame (recorded as fit_metrics.head_frame_source)")
     sh = p.add_argument_group("shards")
     sh.add_argument("--rgb-format", default="jpg", choices=["jpg", "png"])
     sh.add_argument("--jpeg-quality", type=int, default=95)
@@ -157,7 +160,8 @@ def build_config(a: argparse.Namespace) -> FactoryConfig:
     return FactoryConfig(labels=a.labels, flip_tta=not a.no_flip_tta, fit_preset=a.preset, fit_overrides=overrides,
                          n_renders=a.renders, yaw_range=tuple(a.yaw), pitch_range=tuple(a.pitch),
                          roll_jitter_deg=a.roll_jitter, res=a.res, rgb_format=a.rgb_format,
-                         jpeg_quality=a.jpeg_quality, maxcount=a.maxcount, min_views=a.min_views, seed=a.seed)
+                         jpeg_quality=a.jpeg_quality, maxcount=a.maxcount, min_views=a.min_views, seed=a.seed,
+                         camera_head_frame_fallback=not a.no_camera_head_frame)
 
 
 # ----------------------------------------------------------------------------------------------

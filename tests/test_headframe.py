@@ -230,3 +230,27 @@ def test_synthetic_subject_with_mirrored_labels(synth_subjects):
     hf = estimate_head_frame(pts, probs[:, LS.flip_permutation])  # every l_* <-> r_*
     assert hf.diagnostics["mirrored"] is True
     assert frame_errors(hf.world_from_head, m.world_from_head)[0] < 3.0
+
+
+def test_head_frame_from_cameras_is_the_rig_prior():
+    """Cameras of the facescape rig around the rig centre: origin at the centre, forward towards the
+    cameras' mean position, up = image up, +x = the subject's left (a yaw +90 camera's side)."""
+    from facegs.cameras import head_pose_to_w2c
+    from facegs.headframe import HeadFrameError, head_frame_from_cameras
+    from facegs.synth.rigs import RIG_CENTER, get_rig
+
+    views = get_rig("facescape", 64, 64)
+    hf = head_frame_from_cameras(np.stack([w2c for _, _, w2c in views]))
+    M = hf.world_from_head
+    assert np.allclose(M[:3, :3] @ M[:3, :3].T, np.eye(3), atol=1e-9) and np.linalg.det(M[:3, :3]) > 0
+    assert np.linalg.norm(M[:3, 3] - RIG_CENTER) < 0.02
+    # the rig's yaw +90 camera sits on the frame's +x side, the frontal one on +z
+    left = head_pose_to_w2c(90.0, 0.0, 0.0, 1.0, target_head=RIG_CENTER)
+    c_left = -left[:3, :3].T @ left[:3, 3]
+    assert (np.linalg.inv(M) @ np.append(c_left, 1.0))[0] > 0.9
+    front = head_pose_to_w2c(0.0, 0.0, 0.0, 1.0, target_head=RIG_CENTER)
+    c_front = -front[:3, :3].T @ front[:3, 3]
+    assert (np.linalg.inv(M) @ np.append(c_front, 1.0))[2] > 0.9
+    ring = [head_pose_to_w2c(y, 0.0, 0.0, 1.0, target_head=RIG_CENTER) for y in range(0, 360, 45)]
+    with pytest.raises(HeadFrameError):
+        head_frame_from_cameras(np.stack(ring))
