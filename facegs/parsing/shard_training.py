@@ -390,17 +390,23 @@ def batches_per_epoch(epoch_length: int, batch_size: int, num_workers: int) -> i
 
 
 def make_train_loader(dataset: IterableDataset, batch_size: int, num_workers: int = 0,
-                      pin_memory: bool = False, prefetch_factor: int | None = None) -> DataLoader:
+                      pin_memory: bool = False, prefetch_factor: int | None = None,
+                      mp_context: str | None = "forkserver") -> DataLoader:
     """DataLoader over an iterable training dataset (``ShardDataset`` + transform, or :class:`MixedIterable`).
 
     ``drop_last=True`` (see :func:`batches_per_epoch`); no persistent workers, so that
     ``dataset.set_epoch(e)`` before each ``iter(loader)`` reaches the worker processes.
+    Worker processes start from a fork server by default: forking a process that already runs
+    threads (Ray's, fsspec's async I/O loop for S3, OpenMP) can deadlock the child — seen in the
+    test suite after S3 tests had started fsspec's loop. ``mp_context=None`` uses torch's default.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     kw: dict[str, Any] = {}
     if num_workers > 0 and prefetch_factor is not None:
         kw["prefetch_factor"] = prefetch_factor
+    if num_workers > 0 and mp_context is not None:
+        kw["multiprocessing_context"] = mp_context
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_train,
                       drop_last=True, pin_memory=pin_memory, worker_init_fn=_worker_init if num_workers else None,
                       **kw)
