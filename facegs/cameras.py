@@ -117,6 +117,28 @@ def camera_center(w2c: np.ndarray) -> np.ndarray:
     return -R.T @ t
 
 
+def optical_axes_focus(w2cs: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """The point closest (least squares) to all cameras' optical axes.
+
+    ``w2cs`` [V, 4, 4] world-to-camera (OpenCV: the optical axis is camera +z). Returns
+    ``(point [3], cond, centres [V, 3], axes [V, 3])``: ``cond`` is the condition number of the
+    normal matrix (>= 1e6: the axes are nearly parallel, the point is a minimum-norm least-squares
+    guess and unreliable).
+    """
+    T = np.asarray(w2cs, dtype=np.float64)
+    centres = np.stack([camera_center(w) for w in T])
+    axes = T[:, 2, :3]  # camera +z in world = third row of R
+    A = np.zeros((3, 3))
+    b = np.zeros(3)
+    for c, d in zip(centres, axes):
+        P = np.eye(3) - np.outer(d, d)
+        A += P
+        b += P @ c
+    cond = float(np.linalg.cond(A))
+    point = np.linalg.solve(A, b) if cond < 1e6 else np.linalg.lstsq(A, b, rcond=None)[0]
+    return point, cond, centres, axes
+
+
 def rotation_problem(R: np.ndarray, tol: float = 1e-4) -> str | None:
     """Return why ``R`` [3, 3] is not a proper rotation (non-finite, not orthonormal, det != +1)."""
     R = np.asarray(R, dtype=np.float64)

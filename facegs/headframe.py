@@ -48,6 +48,7 @@ from typing import Any, Iterable
 import numpy as np
 from scipy.spatial import cKDTree
 
+from facegs.cameras import optical_axes_focus
 from facegs.labels import CANONICAL, IGNORE_INDEX, get_label_set, mapping_lut
 from facegs.manifest import SubjectManifest
 
@@ -526,16 +527,8 @@ def head_frame_from_cameras(world_to_cameras: np.ndarray) -> HeadFrame:
     pitch become rig-relative. ``diagnostics["source"] == "cameras"``.
     """
     T = np.asarray(world_to_cameras, dtype=np.float64)
-    R, t = T[:, :3, :3], T[:, :3, 3]
-    centres = -np.einsum("vji,vj->vi", R, t)  # -R^T t
-    axes = R[:, 2, :]  # camera +z in world = third row of R
-    A = np.zeros((3, 3))
-    b = np.zeros(3)
-    for c, d in zip(centres, axes):
-        P = np.eye(3) - np.outer(d, d)
-        A += P
-        b += P @ c
-    origin = np.linalg.lstsq(A, b, rcond=None)[0]
+    R = T[:, :3, :3]
+    origin, _, centres, _ = optical_axes_focus(T)
     fwd = centres.mean(0) - origin
     if np.linalg.norm(fwd) < 1e-9:
         raise HeadFrameError("cameras surround the head evenly: no forward direction")

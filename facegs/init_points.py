@@ -31,6 +31,7 @@ import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from facegs.cameras import optical_axes_focus
 from facegs.errors import InputError
 from facegs.manifest import SubjectManifest
 from facegs.scene import Params, make_params
@@ -82,17 +83,8 @@ def common_volume(Ks: np.ndarray, w2cs: np.ndarray, sizes: list[tuple[int, int]]
     size is the radius of the largest sphere around the centre that fits in every camera's view
     cone (``distance * sin(half field of view)``, smallest over cameras).
     """
-    centers = np.stack([-w[:3, :3].T @ w[:3, 3] for w in w2cs])
-    fwd = np.stack([w[2, :3] for w in w2cs])  # optical axis (camera +z) in world coordinates
-    A = np.zeros((3, 3))
-    b = np.zeros(3)
-    for c, f in zip(centers, fwd):
-        P = np.eye(3) - np.outer(f, f)
-        A += P
-        b += P @ c
-    if np.linalg.cond(A) < 1e6:
-        p0 = np.linalg.solve(A, b)
-    else:  # parallel axes: look one mean camera-spread ahead
+    p0, cond, centers, fwd = optical_axes_focus(w2cs)
+    if cond >= 1e6:  # parallel axes: look one mean camera-spread ahead
         f = fwd.mean(0) / max(np.linalg.norm(fwd.mean(0)), 1e-9)
         p0 = centers.mean(0) + f * max(np.linalg.norm(centers - centers.mean(0), axis=1).max(), 1.0)
     radii = []

@@ -25,6 +25,16 @@ def _series(bins: Sequence[Mapping[str, Any]], key: str, group: str | None = Non
     return xs, ys
 
 
+def style_yaw_axis(ax: Any, edges: Sequence[float]) -> None:
+    """Grid, faint lines at the |yaw| bin edges, and the bin edges as x ticks and limits."""
+    ax.grid(True, alpha=0.3)
+    for e in edges:
+        ax.axvline(e, color="0.85", lw=0.6, zorder=0)
+    if edges:
+        ax.set_xlim(edges[0], edges[-1])
+        ax.set_xticks(edges)
+
+
 def plot_f1_vs_yaw(
     summaries: Mapping[str, Mapping[str, Any]],
     out_png: str | os.PathLike,
@@ -60,12 +70,7 @@ def plot_f1_vs_yaw(
             xs, ys = _series(s["yaw"], key, group)
             ax.plot(xs, ys, marker="o", lw=2 if k == 0 else 1.5, ms=4, color=f"C{i}", label=name)
         ax.set_title(label, fontsize=10)
-        ax.grid(True, alpha=0.3)
-        for e in edges:
-            ax.axvline(e, color="0.85", lw=0.6, zorder=0)
-        if edges:
-            ax.set_xlim(edges[0], edges[-1])
-            ax.set_xticks(edges)
+        style_yaw_axis(ax, edges)
         if k % ncols == 0:
             ax.set_ylabel("F1 (%)")
         if k // ncols == nrows - 1 or k + ncols >= len(panels):

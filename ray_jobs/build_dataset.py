@@ -47,6 +47,7 @@ from facegs.errors import FitError, InputError
 from facegs.factory import (SUMMARY_NAME, CrashInjection, FactoryConfig, complete_subjects, config_hash, fetch_local,
                             file_sha256, finalize, list_subject_urls, process_subject, record_failure, subject_id_of)
 from facegs.shards import DatasetRoot, put_bytes_atomic
+from ray_jobs.ray_session import connect
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)
@@ -177,18 +178,6 @@ class Task:
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 
-def connect(a: argparse.Namespace) -> bool:
-    """Connect to or start Ray; returns True when this call started it (and must shut it down)."""
-    if ray.is_initialized():
-        return False
-    address = a.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=a.num_cpus, include_dashboard=False, log_to_driver=True)
-    return True
-
-
 def plan_actors(a: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     """(number of actors, their resource options) from the cluster's resources."""
     res = ray.cluster_resources()
@@ -233,7 +222,7 @@ def run(a: argparse.Namespace) -> int:
     print(f"[build_dataset] {len(urls)} subjects, {len(urls) - len(todo)} already complete (config {chash}), "
           f"{len(todo)} to do -> {a.out}", flush=True)
 
-    started = connect(a)
+    started = connect(a.address, a.num_cpus)
     results: dict[str, dict[str, Any]] = {}
     failures: dict[str, dict[str, Any]] = {}
     actor_deaths = 0

@@ -72,6 +72,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ray_jobs.ray_session import connect
+
 PARSER_FILE = "parser.pt"
 STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"
@@ -423,24 +425,6 @@ def train_worker(config: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _connect(cfg: FinetuneConfig) -> bool:
-    """Connect to or start Ray; True when this call started it (and must shut it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
-    return True
-
-
-def _storage_path(p: str) -> str:
-    return p if "://" in p else str(Path(p).expanduser().resolve())
-
-
 def _write_bytes(url: str, data: bytes, so: dict[str, Any] | None) -> None:
     import fsspec
 
@@ -476,7 +460,7 @@ def run_finetune(config: FinetuneConfig | dict[str, Any]) -> dict[str, Any]:
     t0 = time.time()
     info = prepare(cfg)
     driver_id = uuid.uuid4().hex[:12]
-    started = _connect(cfg)
+    started = connect(cfg.address, cfg.num_cpus)
     try:
         init_ref = ray.put(info["init"])
         worker_cfg = {"cfg": asdict(cfg), "init_ref": init_ref, "shards": info["shards"], "driver_id": driver_id}
@@ -487,7 +471,7 @@ def run_finetune(config: FinetuneConfig | dict[str, Any]) -> dict[str, Any]:
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                          resources_per_worker=resources),
-            run_config=RunConfig(name=cfg.name, storage_path=_storage_path(cfg.storage_path),
+            run_config=RunConfig(name=cfg.name, storage_path=_local_abs(cfg.storage_path),
                                  failure_config=FailureConfig(max_failures=cfg.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=max(1, cfg.keep_checkpoints)),
                                  logging_config=LoggingConfig(log_level=cfg.train_log_level)),
@@ -599,7 +583,8 @@ def _local_abs(p: str | None) -> str | None:
 
 def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
     return FinetuneConfig(
-        shards=_local_abs(a.shards), init=_local_abs(a.init), out=_local_abs(a.out), storage_path=a.storage_path, name=a.name, workers=a.workers,
+        shards=_local_abs(a.shards), init=_local_abs(a.init), out=_local_abs(a.out), storage_path=a.storage_path,
+        name=a.name, workers=a.workers,
         use_gpu=a.use_gpu, epochs=a.epochs, epoch_length=a.epoch_length, batch_size=a.batch_size, lr=a.lr,
         momentum=a.momentum, weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, size=a.size,
         augment=not a.no_augment, use_confidence=not a.no_confidence, consensus_weight=a.consensus_weight,

@@ -92,6 +92,7 @@ def run(a: argparse.Namespace) -> int:
 
     from facegs.parsing.report import evaluate_checkpoints, load_test_items, make_test_set, summary_table, write_report
     from ray_jobs import build_dataset, finetune
+    from ray_jobs.ray_session import connect
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,13 +104,7 @@ def run(a: argparse.Namespace) -> int:
     if a.make_test:
         make_test_set(test_dir, a.make_test, seed=a.seed + 1000, res=a.test_res)
     t0 = time.time()
-    started = False
-    if not ray.is_initialized():
-        if a.address:
-            ray.init(address=a.address)
-        else:
-            ray.init(num_cpus=a.num_cpus, include_dashboard=False)
-        started = True
+    started = connect(a.address, a.num_cpus)
     rounds: list[dict[str, Any]] = []
     ckpts: dict[str, str] = {"base": str(base)}
     current = base

@@ -551,10 +551,12 @@ def summary_table(results: Mapping[str, PoseBinnedEvaluator], base_name: str | N
 def plot_mean_f1_vs_yaw(summaries: Mapping[str, Mapping[str, Any]], base: str, out_png: str | os.PathLike) -> Path:
     """Mean F1 against |yaw| bin centre for every checkpoint (base drawn black and dashed) and, with
     more than one checkpoint, a second panel of the deltas vs base (percentage points)."""
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    import io
+    from facegs.report_plots import style_yaw_axis
 
     def series(bins, other=None):
         xs, ys = [], []
@@ -585,12 +587,7 @@ def plot_mean_f1_vs_yaw(summaries: Mapping[str, Mapping[str, Any]], base: str, o
         axes[1].set_title(f"Δ mean F1 vs {base}", fontsize=10)
         axes[1].set_ylabel("percentage points")
     for ax in axes:
-        ax.grid(True, alpha=0.3)
-        for e in edges:
-            ax.axvline(e, color="0.85", lw=0.6, zorder=0)
-        if edges:
-            ax.set_xlim(edges[0], edges[-1])
-            ax.set_xticks(edges)
+        style_yaw_axis(ax, edges)
         ax.set_xlabel("|yaw| bin centre (deg)")
         ax.legend(fontsize=8, loc="best")
     fig.suptitle("Face parsing against |yaw|", fontsize=12)
