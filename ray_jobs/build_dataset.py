@@ -197,11 +197,11 @@ def plan_actors(a: argparse.Namespace) -> tuple[int, dict[str, Any]]:
 
 
 def run(a: argparse.Namespace) -> int:
-    so = json.loads(a.storage_options) if a.storage_options else None
     try:
+        so = json.loads(a.storage_options) if a.storage_options else None
         cfg = build_config(a)
     except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: bad --storage-options, --fit-overrides or option value: {e}", file=sys.stderr)
         return 2
     t0 = time.time()
     try:
