@@ -77,7 +77,9 @@ class FactoryConfig:
     - ``n_renders`` novel views per subject at poses sampled in the estimated head frame within
       ``yaw_range``/``pitch_range`` (degrees) with ``roll_jitter_deg``; ``res``: render size in px
       (None: the capture's width).
-    - shard options: ``rgb_format`` (jpg|png), ``jpeg_quality``, ``maxcount`` samples per shard.
+    - shard options: ``rgb_format`` (jpg|png), ``jpeg_quality``, ``maxcount`` samples per shard,
+      ``store_alpha`` (an ``alpha.png`` member per render: the subject's coverage, so that trainers
+      can put the premultiplied-over-black render over other backgrounds).
     - ``camera_head_frame_fallback``: when the fitted scene shows too few face parts to place the
       head frame (weak initial labels), use :func:`facegs.headframe.head_frame_from_cameras` (the
       rig prior) instead of failing; samples record ``fit_metrics.head_frame_source``.
@@ -96,6 +98,7 @@ class FactoryConfig:
     rgb_format: str = "jpg"
     jpeg_quality: int = 95
     maxcount: int = 64
+    store_alpha: bool = True
     min_views: int = 4
     seed: int = 0
     camera_head_frame_fallback: bool = True
@@ -319,7 +322,7 @@ class SubjectResult:
 
 def subject_samples(fit_params: dict[str, torch.Tensor], hf_world_from_head: np.ndarray, m: SubjectManifest,
                     rcfg: RefineConfig, chash: str, fit_metrics: dict[str, Any], rgb_format: str,
-                    backend: str = "auto") -> Iterator[Sample]:
+                    backend: str = "auto", store_alpha: bool = True) -> Iterator[Sample]:
     """Render the subject's novel views and yield them as shard samples (in view order)."""
     from facegs.headframe import HeadFrame
 
@@ -335,7 +338,8 @@ def subject_samples(fit_params: dict[str, torch.Tensor], hf_world_from_head: np.
                 "world_from_head": np.asarray(hf_world_from_head, np.float64).tolist(), "label_set": ls.name,
                 "label_set_version": ls.version, "rgb_format": rgb_format, "fit_metrics": fit_metrics,
                 "config_hash": chash, "facegs_version": facegs.__version__}
-        yield Sample(rgb=rv.rgb, seg=rv.labels, conf=rv.confidence, ignore=rv.ignore, meta=meta)
+        yield Sample(rgb=rv.rgb, seg=rv.labels, conf=rv.confidence, ignore=rv.ignore, meta=meta,
+                     alpha=rv.alpha if store_alpha else None)
 
 
 def capture_samples(m: SubjectManifest, chash: str, world_from_head: np.ndarray | None = None,
@@ -425,7 +429,8 @@ def process_subject(
             except HeadFrameError as e2:
                 raise FitError(f"cannot place the head frame: {e}; camera fallback: {e2}", subject=sid) from None
             metrics["head_frame_source"] = "cameras"
-        samples = subject_samples(params, hf.world_from_head, m, rcfg, chash, metrics, cfg.rgb_format, backend)
+        samples = subject_samples(params, hf.world_from_head, m, rcfg, chash, metrics, cfg.rgb_format, backend,
+                                  cfg.store_alpha)
         if crash is not None and crash.subject_id == sid and crash.attempt == attempt:
             samples = _crash_after(samples, crash)
         with contextlib.suppress(FileNotFoundError):

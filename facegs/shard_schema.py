@@ -8,6 +8,9 @@ Members of a sample (:data:`SAMPLE_FIELDS`):
 - ``seg.png``: palette PNG, uint8 class indices in the sample's ``label_set`` (255 = ignore).
 - ``conf.png``: 8-bit grayscale per-pixel confidence (value / 255).
 - ``ignore.png``: 8-bit grayscale, 255 where the pixel must be excluded from the loss.
+- ``alpha.png`` (optional, :data:`OPTIONAL_FIELDS`): 8-bit grayscale coverage of the rendered
+  subject (value / 255; renders only). The RGB of a render is premultiplied over black, so
+  ``rgb + (1 - alpha) * background`` puts the subject over any background.
 - ``json``: metadata, schema ``schemas/shard_sample.schema.json`` (pose, camera, label set,
   fit metrics, config hash).
 
@@ -29,6 +32,7 @@ from facegs.schema_files import load_json_schema
 SCHEMA_VERSION = 1
 RGB_FIELDS = ("jpg", "png")
 SAMPLE_FIELDS = ("seg.png", "conf.png", "ignore.png", "json")
+OPTIONAL_FIELDS = ("alpha.png",)  # written before ``json`` when present
 
 # Pose histogram bins of the shard manifest (degrees, head-relative; facegs.cameras conventions).
 YAW_EDGES = np.arange(-90.0, 90.0 + 1e-9, 15.0)  # 12 bins

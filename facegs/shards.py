@@ -72,7 +72,7 @@ from facegs.errors import InputError
 from facegs.fsutil import atomic_write_bytes
 from facegs.imageio import encode_gray_png, encode_label_png, encode_rgb
 from facegs.labels import IGNORE_INDEX, get_label_set
-from facegs.shard_schema import (RGB_FIELDS, SAMPLE_FIELDS, SHARD_MANIFEST_SCHEMA, check_sample_meta,
+from facegs.shard_schema import (OPTIONAL_FIELDS, RGB_FIELDS, SAMPLE_FIELDS, SHARD_MANIFEST_SCHEMA, check_sample_meta,
                                  pose_histogram, sample_key, shard_name, shard_record_table)
 
 SHARDS_DIR = "shards"
@@ -87,11 +87,13 @@ DEFAULT_MAXSIZE = 1 << 30  # bytes of member data per shard before a new one is 
 Verify = Literal["none", "size", "sha256"]
 
 
-def member_order(rgb_format: str) -> tuple[str, ...]:
-    """Fixed order of a sample's members in a shard: the RGB image, then :data:`SAMPLE_FIELDS`."""
+def member_order(rgb_format: str, alpha: bool = False) -> tuple[str, ...]:
+    """Fixed order of a sample's members in a shard: the RGB image, then :data:`SAMPLE_FIELDS`
+    (with ``alpha.png`` before ``json`` when the sample has an alpha map)."""
     if rgb_format not in RGB_FIELDS:
         raise ValueError(f"rgb_format must be one of {RGB_FIELDS}, got {rgb_format!r}")
-    return (rgb_format, *SAMPLE_FIELDS)
+    fields = SAMPLE_FIELDS[:-1] + (OPTIONAL_FIELDS if alpha else ()) + SAMPLE_FIELDS[-1:]
+    return (rgb_format, *fields)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,6 +109,8 @@ class Sample:
     - ``seg``: [H, W] uint8 class indices in ``meta["label_set"]`` (255 = ignore).
     - ``conf``: [H, W] float32 in [0, 1] (stored as 8 bits: ``round(conf * 255)``).
     - ``ignore``: [H, W] bool, True where the pixel must be excluded from the loss.
+    - ``alpha``: optional [H, W] float32 in [0, 1], the render's coverage (stored as 8 bits), for
+      compositing the premultiplied-over-black RGB over other backgrounds.
     - ``meta``: the ``json`` member (``schemas/shard_sample.schema.json``): key, subject_id,
       view_index, pose, K, world_to_camera, label set, config hash, facegs version, ...
     """
@@ -116,6 +120,7 @@ class Sample:
     conf: np.ndarray
     ignore: np.ndarray
     meta: dict[str, Any]
+    alpha: np.ndarray | None = None
 
     @property
     def key(self) -> str:
@@ -178,6 +183,12 @@ def validate_sample(sample: Sample) -> dict[str, Any]:
     conf = np.asarray(sample.conf, dtype=np.float32)
     if conf.size and (not np.isfinite(conf).all() or conf.min() < 0.0 or conf.max() > 1.0):
         raise bad("confidence must be finite and in [0, 1]", "conf")
+    if sample.alpha is not None:
+        alpha = np.asarray(sample.alpha, dtype=np.float32)
+        if alpha.shape != (h, w):
+            raise bad(f"expected {[h, w]}, got {alpha.dtype} {list(alpha.shape)}", "alpha")
+        if alpha.size and (not np.isfinite(alpha).all() or alpha.min() < 0.0 or alpha.max() > 1.0):
+            raise bad("alpha must be finite and in [0, 1]", "alpha")
     return meta
 
 
@@ -185,13 +196,14 @@ def encode_sample(sample: Sample, rgb_format: str = "jpg", jpeg_quality: int = 9
     """Encode a sample's members (field name -> bytes) in :func:`member_order`.
 
     ``jpg|png`` (RGB), ``seg.png`` (palette PNG of class indices), ``conf.png`` (8-bit),
-    ``ignore.png`` (0/255) and ``json`` (:func:`canonical_json` of the metadata, with
-    ``rgb_format`` set to the format actually written). Deterministic for equal inputs.
+    ``ignore.png`` (0/255), ``alpha.png`` (8-bit, only when the sample has ``alpha``) and ``json``
+    (:func:`canonical_json` of the metadata, with ``rgb_format`` set to the format actually
+    written). Deterministic for equal inputs.
     """
-    order = member_order(rgb_format)
+    order = member_order(rgb_format, alpha=sample.alpha is not None)
     meta = validate_sample(sample)
     meta["rgb_format"] = rgb_format
-    conf_q = np.clip(np.rint(np.asarray(sample.conf, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    conf_q = quantize_unit(sample.conf)
     members = {
         rgb_format: encode_rgb(np.asarray(sample.rgb), "." + rgb_format, jpeg_quality),
         "seg.png": encode_label_png(np.asarray(sample.seg), meta["label_set"]),
@@ -199,7 +211,14 @@ def encode_sample(sample: Sample, rgb_format: str = "jpg", jpeg_quality: int = 9
         "ignore.png": encode_gray_png(np.where(np.asarray(sample.ignore, dtype=bool), 255, 0).astype(np.uint8)),
         "json": canonical_json(meta),
     }
+    if sample.alpha is not None:
+        members["alpha.png"] = encode_gray_png(quantize_unit(sample.alpha))
     return {k: members[k] for k in order}
+
+
+def quantize_unit(x: np.ndarray) -> np.ndarray:
+    """[H, W] values in [0, 1] -> uint8 ``round(x * 255)`` (confidence and alpha maps)."""
+    return np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ A decoded sample is a dict:
   255 = ignore),
 - ``conf``: [H, W] float32 in [0, 1] (8-bit quantised),
 - ``ignore``: [H, W] bool (True = excluded from the loss),
+- ``alpha``: [H, W] float32 in [0, 1] (8-bit quantised) when the sample has ``alpha.png``
+  (renders: the subject's coverage), else ``None``,
 - ``meta``: the sample's JSON metadata (``schemas/shard_sample.schema.json``),
 - ``hflip``: bool, True when the sample was mirrored by :func:`random_hflip`.
 
@@ -20,7 +22,7 @@ appends ``basichandlers``, which unpickle ``.pyd``/``.pkl``/``.pickle`` members:
 shards you did not write).
 
 Stages (each a generator over samples; they run on plain iterables, no tar needed):
-:func:`iter_shard_members` -> :func:`group_by_key` -> :func:`shuffle` (raw bytes) ->
+:func:`iter_shard_members` -> :func:`group_by_key` -> (:func:`select_abs_yaw`) -> :func:`shuffle` (raw bytes) ->
 :func:`decode_samples` -> :func:`random_hflip` -> :func:`remap_labels` -> ``transform``.
 
 Splitting and epochs (:class:`ShardDataset`):
@@ -177,14 +179,39 @@ def decode_sample(raw: RawSample) -> Decoded:
         "seg": decode_label_png(raw["seg.png"], f"{where}.seg.png"),
         "conf": decode_gray_png(raw["conf.png"], f"{where}.conf.png").astype(np.float32) / np.float32(255.0),
         "ignore": decode_gray_png(raw["ignore.png"], f"{where}.ignore.png") >= 128,
+        "alpha": (decode_gray_png(raw["alpha.png"], f"{where}.alpha.png").astype(np.float32) / np.float32(255.0)
+                  if "alpha.png" in raw else None),
         "meta": meta,
         "hflip": False,
     }
     h, w = out["rgb"].shape[:2]
-    for fld in ("seg", "conf", "ignore"):
-        if out[fld].shape != (h, w):
+    for fld in ("seg", "conf", "ignore", "alpha"):
+        if out[fld] is not None and out[fld].shape != (h, w):
             raise InputError(f"{fld} is {list(out[fld].shape)}, image is {[h, w]}", view=key, field=fld, path=shard)
     return out
+
+
+def select_abs_yaw(raws: Iterable[RawSample], lo: float, hi: float,
+                   max_rejected_in_a_row: int = 100_000) -> Iterator[RawSample]:
+    """Stage: keep raw samples whose metadata ``yaw`` (degrees) has ``lo <= |yaw| <= hi``; the JSON
+    member alone is parsed (images are not decoded). A sample without a parseable ``yaw`` raises, and
+    so do ``max_rejected_in_a_row`` rejections in a row (a resampled stream with no sample in range
+    would otherwise never end)."""
+    rejected = 0
+    for r in raws:
+        try:
+            yaw = float(json.loads(r["json"])["yaw"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise InputError(f"cannot read yaw from the metadata for pose selection: {e!r}", view=r.get("__key__"),
+                             field="json", path=r.get("__shard__")) from None
+        if lo <= abs(yaw) <= hi:
+            rejected = 0
+            yield r
+        else:
+            rejected += 1
+            if rejected >= max_rejected_in_a_row:
+                raise InputError(f"{rejected} samples in a row have |yaw| outside [{lo:g}, {hi:g}] degrees",
+                                 path=r.get("__shard__"), field="abs_yaw_range")
 
 
 def decode_samples(raws: Iterable[RawSample]) -> Iterator[Decoded]:
@@ -216,6 +243,8 @@ def hflip_sample(sample: Decoded) -> Decoded:
     out["seg"] = lut[sample["seg"][:, ::-1]]
     out["conf"] = np.ascontiguousarray(sample["conf"][:, ::-1])
     out["ignore"] = np.ascontiguousarray(sample["ignore"][:, ::-1])
+    if sample.get("alpha") is not None:
+        out["alpha"] = np.ascontiguousarray(sample["alpha"][:, ::-1])
     out["meta"] = hflip_meta(sample["meta"])
     out["hflip"] = not sample.get("hflip", False)
     return out
@@ -289,6 +318,9 @@ class ShardDataset(IterableDataset):
         flip_prob: probability of a left/right-aware horizontal flip.
         target_label_set: remap ``seg`` to this label set (e.g. ``"lapa11"``).
         transform: callable applied last to each decoded sample dict.
+        abs_yaw_range: ``(lo, hi)`` degrees: only samples with ``lo <= |yaw| <= hi`` are read (e.g.
+            ``(30, 90)`` to train on the extreme poses of a render set while an original labelled
+            set covers frontal views). With ``resampled=True`` the ``epoch_length`` counts kept samples.
         on_error: "raise" (default) or "skip" (log and skip the rest of a bad shard).
     """
 
@@ -310,8 +342,15 @@ class ShardDataset(IterableDataset):
         transform: Callable[[Decoded], Any] | None = None,
         max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
         on_error: Literal["raise", "skip"] = "raise",
+        abs_yaw_range: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
+        if abs_yaw_range is not None:
+            lo, hi = (float(x) for x in abs_yaw_range)
+            if not (0.0 <= lo <= hi):
+                raise ValueError(f"abs_yaw_range must be (lo, hi) with 0 <= lo <= hi degrees, got {abs_yaw_range}")
+            abs_yaw_range = (lo, hi)
+        self.abs_yaw_range = abs_yaw_range
         if resampled != (epoch_length is not None):
             raise ValueError("resampled=True needs epoch_length (samples per rank per epoch) and vice versa")
         if epoch_length is not None and epoch_length < 0:
@@ -386,6 +425,8 @@ class ShardDataset(IterableDataset):
                 order = [order[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(order))]
             shards = split_shards(order, rank, world, worker, num_workers)
         stream: Iterable[Any] = self._shard_stream(root.fs, root.path, shards)
+        if self.abs_yaw_range is not None:
+            stream = select_abs_yaw(stream, *self.abs_yaw_range)
         stream = shuffle(stream, self.shuffle_buffer, rng)
         stream = decode_samples(stream)
         if self.flip_prob > 0:
@@ -440,5 +481,5 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
 __all__ = [
     "ShardDataset", "collate", "decode_gray_png", "decode_sample", "decode_samples", "default_rank_world",
     "group_by_key", "hflip_meta", "hflip_sample", "iter_shard_members", "per_worker_count", "random_hflip",
-    "remap_labels", "remap_sample", "shuffle", "split_member_name", "split_shards", "to_tensor",
+    "remap_labels", "remap_sample", "select_abs_yaw", "shuffle", "split_member_name", "split_shards", "to_tensor",
 ]

@@ -135,6 +135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sh = p.add_argument_group("shards")
     sh.add_argument("--rgb-format", default="jpg", choices=["jpg", "png"])
     sh.add_argument("--jpeg-quality", type=int, default=95)
+    sh.add_argument("--no-alpha", action="store_true",
+                    help="do not store the renders' coverage (alpha.png); trainers then cannot composite renders "
+                         "over new backgrounds exactly (facegs finetune falls back to the background labels)")
     sh.add_argument("--maxcount", type=int, default=64, help="samples per shard")
     ray_g = p.add_argument_group("ray")
     ray_g.add_argument("--address", default=None,
@@ -161,7 +164,7 @@ def build_config(a: argparse.Namespace) -> FactoryConfig:
     return FactoryConfig(labels=a.labels, flip_tta=not a.no_flip_tta, fit_preset=a.preset, fit_overrides=overrides,
                          n_renders=a.renders, yaw_range=tuple(a.yaw), pitch_range=tuple(a.pitch),
                          roll_jitter_deg=a.roll_jitter, res=a.res, rgb_format=a.rgb_format,
-                         jpeg_quality=a.jpeg_quality, maxcount=a.maxcount, min_views=a.min_views, seed=a.seed,
+                         jpeg_quality=a.jpeg_quality, maxcount=a.maxcount, store_alpha=not a.no_alpha, min_views=a.min_views, seed=a.seed,
                          camera_head_frame_fallback=not a.no_camera_head_frame)
 
 

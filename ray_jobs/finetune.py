@@ -18,6 +18,11 @@ What it does:
   (seed, epoch, key); the shard confidence map as per-pixel loss weight unless --no-confidence;
   ignore pixels -> 255). Optionally a fraction --mix-ratio of every batch comes from the original
   labelled data (--mix-dir), see :class:`facegs.parsing.shard_training.MixedIterable`.
+  --background-prob P puts a shard sample over a new background with probability P (procedural
+  clutter, or images from --backgrounds DIR; exact with the renders' ``alpha.png``, else the
+  background-labelled pixels are replaced; :mod:`facegs.parsing.backgrounds`): renders are over
+  black, real images are not. --abs-yaw-range LO HI keeps only shard samples with LO <= |yaw| <= HI
+  (the driver drops shards whose yaw histogram cannot hold one; the stream filters per sample).
 - Ranks see disjoint samples: the manifest's shard list (same order on every rank) is split
   strided by world rank BEFORE resampling (``split_shards(shards, rank, world)``: rank r gets
   shards r, r + W, r + 2W, ...), and each rank's ShardDataset resamples only within its own subset.
@@ -119,6 +124,9 @@ class FinetuneConfig:
     mix_dir: str | None = None
     mix_label_set: str | None = None
     mix_ratio: float = 0.0
+    abs_yaw_range: tuple[float, float] | None = None  # keep shard samples with lo <= |yaw| <= hi (degrees)
+    background_prob: float = 0.0       # replace a shard sample's background with this probability
+    backgrounds: str = "procedural"    # "procedural" or a local directory of background images
     storage_options: dict[str, Any] | None = None
     seed: int = 0
     max_failures: int = 2
@@ -161,6 +169,9 @@ def _check_numbers(c: FinetuneConfig) -> None:
         (c.max_failures >= -1, "--max-failures must be >= -1"),
         (c.loader_workers >= 0, "--loader-workers must be >= 0"),
         (c.consensus_weight >= 0, "--consensus-weight must be >= 0"),
+        (0.0 <= c.background_prob <= 1.0, "--background-prob must be in [0, 1]"),
+        (c.abs_yaw_range is None or 0.0 <= c.abs_yaw_range[0] <= c.abs_yaw_range[1],
+         "--abs-yaw-range must be LO HI with 0 <= LO <= HI degrees"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -171,6 +182,25 @@ def _check_numbers(c: FinetuneConfig) -> None:
                          f"--batch-size {c.batch_size} samples: no full batch (increase --epoch-length)")
     if c.mix_ratio > 0 and not c.mix_dir:
         raise ValueError("--mix-ratio > 0 needs --mix-dir")
+
+
+def _shards_in_yaw_range(table: Any, yaw_range: tuple[float, float]) -> list[str]:
+    """Manifest shards whose yaw histogram has samples in bins overlapping ``lo <= |yaw| <= hi``
+    (the manifest keeps 15-degree bins, so a kept shard may hold none exactly in range; the stream
+    filters per sample). Raises ValueError when no shard can hold such a sample."""
+    from facegs.shard_schema import YAW_EDGES
+
+    lo, hi = yaw_range
+    bins = []
+    for i, (a, b) in enumerate(zip(YAW_EDGES[:-1], YAW_EDGES[1:])):
+        abs_lo = 0.0 if a < 0 < b else min(abs(a), abs(b))  # |yaw| over the bin spans [abs_lo, abs_hi]
+        if abs_lo <= hi and max(abs(a), abs(b)) >= lo:
+            bins.append(i)
+    keep = [sh for sh, hist in zip(table.column("shard").to_pylist(), table.column("yaw_hist").to_pylist())
+            if any(hist[i] for i in bins)]
+    if not keep:
+        raise ValueError(f"--abs-yaw-range {lo:g} {hi:g}: no sample of the dataset has |yaw| in that range")
+    return keep
 
 
 def prepare(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -192,6 +222,8 @@ def prepare(cfg: FinetuneConfig) -> dict[str, Any]:
     table = read_manifest(cfg.shards, so)  # InputError "dataset has no manifest" names the path
     shards = table.column("shard").to_pylist()
     n_samples = int(sum(table.column("num_samples").to_pylist()))
+    if cfg.abs_yaw_range is not None:
+        shards = _shards_in_yaw_range(table, cfg.abs_yaw_range)
     if len(shards) < cfg.workers:
         raise ValueError(f"the dataset has {len(shards)} shard(s) but --workers is {cfg.workers}: every rank needs "
                          f"its own shards (write smaller shards, e.g. a lower --maxcount, or use fewer workers)")
@@ -212,6 +244,10 @@ def prepare(cfg: FinetuneConfig) -> dict[str, Any]:
                 "normalization": pm.normalization.to_dict(), "init_meta": {k: v for k, v in pm.meta.items()
                                                                             if k in ("source", "input_size", "width")},
                 "init_sha256": hashlib.sha256(Path(local).read_bytes()).hexdigest()}
+    if cfg.background_prob > 0:
+        from facegs.parsing.backgrounds import BackgroundConfig, BackgroundSampler
+
+        BackgroundSampler(BackgroundConfig(cfg.background_prob, cfg.backgrounds))  # an empty directory fails here
     mix_count = 0
     if cfg.mix_dir:
         if cfg.mix_label_set is not None:
@@ -270,6 +306,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import torch
 
     from facegs.parsing.augment import AugmentConfig
+    from facegs.parsing.backgrounds import BackgroundConfig
     from facegs.parsing.bisenet import BiSeNet
     from facegs.parsing.checkpoint import save_parser
     from facegs.parsing.losses import ParserLossConfig
@@ -330,12 +367,15 @@ def train_worker(config: dict[str, Any]) -> None:
     # --- data ---------------------------------------------------------------------------------
     my_shards = split_shards(config["shards"], rank, world)
     aug = AugmentConfig(out_size=c.size) if c.augment else None
-    transform = ShardTrainTransform(c.size, aug, seed=c.seed, use_confidence=c.use_confidence, label_set=label_set)
+    bg = BackgroundConfig(c.background_prob, c.backgrounds) if c.background_prob > 0 else None
+    transform = ShardTrainTransform(c.size, aug, seed=c.seed, use_confidence=c.use_confidence, label_set=label_set,
+                                    background=bg)
     mixing = c.mix_ratio > 0
     shard_ds = ShardDataset(c.shards, storage_options=c.storage_options, shards=my_shards, rank=rank,
                             world_size=world, shuffle_buffer=c.shuffle_buffer, seed=c.seed, resampled=True,
                             epoch_length=c.epoch_length, target_label_set=label_set,
-                            transform=None if mixing else transform)
+                            transform=None if mixing else transform,
+                            abs_yaw_range=tuple(c.abs_yaw_range) if c.abs_yaw_range is not None else None)
     dataset: Any = shard_ds
     if mixing:
         items = scan_labelled_dir(c.mix_dir, c.mix_label_set)  # type: ignore[arg-type]
@@ -566,6 +606,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "facegs subject directories; a local path every worker can read")
     da.add_argument("--mix-label-set", default=None, help="label set of --mix-dir's label maps (e.g. celebamask_hq)")
     da.add_argument("--mix-ratio", type=float, default=d.mix_ratio, help="fraction of samples from --mix-dir")
+    da.add_argument("--abs-yaw-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="train only on shard samples with LO <= |yaw| <= HI degrees (e.g. 30 90: the renders "
+                         "cover the extreme poses, --mix-dir the frontal ones)")
+    da.add_argument("--background-prob", type=float, default=d.background_prob,
+                    help="probability of replacing a shard sample's background (renders are over black; "
+                         "real images are not): composited with the sample's alpha, else its background pixels")
+    da.add_argument("--backgrounds", default=d.backgrounds,
+                    help="'procedural' (random clutter, default) or a local directory of background images")
     da.add_argument("--loader-workers", type=int, default=d.loader_workers, help="DataLoader processes per rank")
     da.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer)
     da.add_argument("--report-keys", type=int, default=d.report_keys, help="sample keys listed per rank per epoch")
@@ -589,6 +637,8 @@ def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
         momentum=a.momentum, weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, size=a.size,
         augment=not a.no_augment, use_confidence=not a.no_confidence, consensus_weight=a.consensus_weight,
         mix_dir=_local_abs(a.mix_dir), mix_label_set=a.mix_label_set, mix_ratio=a.mix_ratio,
+        abs_yaw_range=tuple(a.abs_yaw_range) if a.abs_yaw_range else None, background_prob=a.background_prob,
+        backgrounds=a.backgrounds if a.backgrounds == "procedural" else _local_abs(a.backgrounds),
         storage_options=json.loads(a.storage_options) if a.storage_options else None, seed=a.seed,
         max_failures=a.max_failures, address=a.address, num_cpus=a.num_cpus, loader_workers=a.loader_workers,
         shuffle_buffer=a.shuffle_buffer, threads=a.threads, cpus_per_worker=a.cpus_per_worker,

@@ -74,13 +74,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def label_quality(summary: dict[str, Any]) -> dict[str, float | None]:
-    """Mean over subjects of the fit's agreement with ground truth (synthetic captures only):
-    ``input_acc_gt`` (the parser's labels) and ``label_acc_gt`` / ``miou_gt`` (the refined scene)."""
+def label_quality(dataset_root: Path) -> dict[str, float | None]:
+    """Mean over the dataset's complete subjects (their done markers, so that a rerun that skips
+    finished subjects reports the same) of the fit's agreement with ground truth (synthetic captures
+    only): ``input_acc_gt`` (the parser's labels) and ``label_acc_gt`` / ``miou_gt`` (the refined scene)."""
+    from facegs.factory import SUBJECTS_DIR
+
+    metrics = [json.loads(p.read_text()).get("fit_metrics", {})
+               for p in sorted((dataset_root / SUBJECTS_DIR).glob("*.json"))]
     out: dict[str, float | None] = {}
     for k in ("input_acc_gt", "label_acc_gt", "input_miou_gt", "miou_gt"):
-        vals = [r["fit_metrics"].get(k) for r in summary.get("results", {}).values()]
-        vals = [v for v in vals if v is not None]
+        vals = [m.get(k) for m in metrics if m.get(k) is not None]
         out[k] = float(np.mean(vals)) if vals else None
     return out
 
@@ -150,7 +154,7 @@ def run(a: argparse.Namespace) -> int:
             rounds.append({"round": r, "labels_from": labels, "dataset": str(rd / "dataset"),
                            "parser": str(ckpt), "samples": fsum["finalize"]["manifest_samples"],
                            "subjects_complete": fsum["finalize"]["complete_subjects"],
-                           "subjects_failed": fsum["subjects_failed"], "label_quality": label_quality(fsum),
+                           "subjects_failed": fsum["subjects_failed"], "label_quality": label_quality(rd / "dataset"),
                            "factory_s": round(t_factory, 1), "finetune_s": round(time.time() - ts, 1)})
             current = ckpt
     finally:

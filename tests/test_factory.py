@@ -79,6 +79,7 @@ def test_config_rejects_bad_values():
             FactoryConfig(**bad)
     a, b = FactoryConfig(), FactoryConfig(n_renders=31)
     assert config_hash(a) != config_hash(b) and config_hash(a) == config_hash(FactoryConfig())
+    assert config_hash(FactoryConfig(store_alpha=False)) != config_hash(a)  # other shard members
     import facegs.fit
 
     h0 = config_hash(a)
@@ -177,6 +178,22 @@ def test_process_subject_leaves_the_capture_untouched(subjects, small_ds):
     marker = json.loads((small_ds / "subjects" / "g0.json").read_text())
     assert marker["num_samples"] == 4 and [s["shard"] for s in marker["shards"]] == ["shards/g0-000000.tar",
                                                                                        "shards/g0-000001.tar"]
+
+
+def test_renders_carry_their_alpha(small_ds):
+    """Each render has alpha.png: the subject's coverage; the RGB is premultiplied over black, and
+    what cleanup made background is (nearly) uncovered."""
+    from facegs.stream import ShardDataset
+
+    samples = list(ShardDataset(str(small_ds)))
+    assert samples and all(s["alpha"] is not None for s in samples)
+    for s in samples:
+        a = s["alpha"]
+        assert a.min() == 0.0 and a.max() > 0.9, s["__key__"]
+        empty = a < 1 / 255
+        dark = s["rgb"][empty].astype(float)
+        assert dark.mean() < 1.0 and dark.max() <= 24  # premultiplied over black (JPEG ringing at edges)
+        assert (s["seg"][a < 0.5] == 0).mean() > 0.95
 
 
 def test_finalize_drops_a_half_committed_subject(small_ds, tmp_path):

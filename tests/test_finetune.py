@@ -350,6 +350,21 @@ def test_ddp_two_workers_disjoint_ranks_and_falling_loss(local_ray, shards, init
 
 
 @pytest.mark.slow
+def test_yaw_selection_and_background_replacement_in_the_job(local_ray, shards, init_ckpt, tmp_path):
+    """--abs-yaw-range reaches the workers' streams (every key trained on is in range) and background
+    replacement runs in them (labels-only fallback: these shards have no alpha)."""
+    from ray_jobs.finetune import run_finetune
+
+    yaw = {s["__key__"]: s["meta"]["yaw"] for s in ShardDataset(str(shards))}
+    r = run_finetune(_cfg(shards, init_ckpt, tmp_path, workers=1, epochs=2, name="sel", abs_yaw_range=(45, 90),
+                          background_prob=1.0))
+    keys = [k for h in r["history"] for rk in h["ranks"] for k in rk["keys"]]
+    assert keys and all(45 <= abs(yaw[k]) <= 90 for k in keys)  # (unique keys per rank and epoch)
+    assert all(h["samples"] == 16 for h in r["history"])
+    assert {k for k in yaw if abs(yaw[k]) >= 45} & set(keys)
+
+
+@pytest.mark.slow
 def test_worker_killed_mid_run_resumes_from_checkpoint_then_new_driver_continues(local_ray, shards, init_ckpt,
                                                                                 hq_dir, tmp_path):
     from ray_jobs.finetune import run_finetune

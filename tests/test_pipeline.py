@@ -48,3 +48,6 @@ def test_pipeline_one_round_end_to_end(tmp_path, monkeypatch):
     assert rc == 0
     s = json.loads((out / "round1" / "dataset" / "summary.json").read_text())
     assert s["subjects_skipped"] == 2 and s["subjects_done"] == 0
+    # the refined labels' agreement with ground truth comes from the done markers: the same on a rerun
+    q = json.loads((out / "pipeline.json").read_text())["rounds"][0]["label_quality"]
+    assert q == r1["label_quality"] and q["label_acc_gt"] is not None and 0.0 < q["label_acc_gt"] <= 1.0

@@ -73,6 +73,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--parser", required=True)
     x.add_argument("--out", required=True)
     x.set_defaults(func=_cmd_export)
+
+    w = psub.add_parser(
+        "interpolate",
+        help="WiSE-FT: interpolate a base and a fine-tuned parser's weights (alpha given, or chosen on frontal views)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Write a parser with weights (1 - alpha) * BASE + alpha * FINETUNED (WiSE-FT, Wortsman et al., CVPR 2022): "
+            "it keeps more of the base parser's near-frontal accuracy while keeping part of the fine-tuned gains at "
+            "extreme poses.\n\nEither give --alpha, or give --val with near-frontal labelled views (subject "
+            "directories, or an images/ + labels/ directory with --val-label-set): alpha is then the largest value "
+            "on a 0, 0.1, ..., 1 grid whose mean F1 on --val is at most --max-drop points below the base's. "
+            "The choice and the scores are printed and stored in the checkpoint's metadata (extra.wise_ft)."
+        ),
+    )
+    w.add_argument("--base", required=True, help="the parser fine-tuning started from (facegs or BiSeNet checkpoint)")
+    w.add_argument("--finetuned", required=True, help="the fine-tuned parser (e.g. ray_jobs.finetune --out)")
+    w.add_argument("--out", required=True, help="output facegs checkpoint")
+    wg = w.add_mutually_exclusive_group(required=True)
+    wg.add_argument("--alpha", type=float, help="interpolation weight of the fine-tuned parser, in [0, 1]")
+    wg.add_argument("--val", nargs="+", help="near-frontal labelled validation views to choose alpha on")
+    w.add_argument("--val-label-set", default=None, help="label set of an images/ + labels/ --val directory")
+    w.add_argument("--max-drop", type=float, default=1.0, help="mean F1 points --val may lose against the base")
+    w.add_argument("--flip-tta", action="store_true", help="score --val with flip test-time augmentation")
+    w.set_defaults(func=_cmd_interpolate)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
     lab = sub.add_parser(
@@ -139,9 +163,39 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
     pm = load_parser(a.parser)
     h, w = pm.input_size if pm.input_size else (512, 512)
-    export_torchscript(pm, a.out, example_size=(1, 3, h, w), label_set=pm.label_set.name,
+    export_torchscript(pm, a.out, example_size=(1, 3, h, w), label_set=pm.label_set,
                        input_size=pm.input_size, normalization=pm.normalization)
     print(f"wrote {a.out}")
+    return 0
+
+
+def _cmd_interpolate(a: argparse.Namespace) -> int:
+    from facegs.parsing.checkpoint import load_parser
+    from facegs.parsing.wise import choose_alpha, write_interpolated
+
+    extra = {}
+    alpha = a.alpha
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        print(f"facegs parser interpolate: error: --alpha must be in [0, 1], got {alpha}", file=sys.stderr)
+        return 2
+    if a.val:
+        from facegs.parsing.report import load_test_items
+
+        items = load_test_items(a.val, label_set=a.val_label_set)
+        alpha, table = choose_alpha(load_parser(a.base), load_parser(a.finetuned), items, max_drop=a.max_drop,
+                                    flip_tta=a.flip_tta, progress=True)
+        print(f"{'alpha':>6s} {'mean F1 on --val':>17s}")
+        for row in table:
+            mark = "  <- chosen" if row["alpha"] == alpha else ""
+            print(f"{row['alpha']:6.2f} {row['mean_f1']:17.2f}{mark}")
+        extra = {"chosen_on": [str(v) for v in a.val], "val_views": len(items), "max_drop": a.max_drop,
+                 "table": table}
+    try:
+        write_interpolated(a.base, a.finetuned, a.out, alpha, extra)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"facegs parser interpolate: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {a.out} (alpha {alpha:g})")
     return 0
 
 

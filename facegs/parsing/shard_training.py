@@ -11,6 +11,8 @@ Pieces:
   left/right-aware flip of :func:`facegs.parsing.augment.augment`) draws from a generator seeded by
   ``(seed, epoch, key)``: the same sample in the same epoch gets the same augmentation in any process,
   DataLoader worker or rank, and a different one after :meth:`ShardTrainTransform.set_epoch`.
+  Optional background replacement (:mod:`facegs.parsing.backgrounds`) for shard samples, drawn
+  from ``(seed, epoch, key, 5)``, before the geometric augmentation.
   (With resampled shards a key drawn twice in one epoch is augmented the same way twice.)
 - :class:`LabelledItem`, :func:`scan_labelled_dir`, :func:`load_labelled_item`: the "original"
   labelled data set, either a CelebAMask-HQ style directory (``images/*.jpg|png`` and ``labels/*.png``
@@ -47,6 +49,7 @@ from facegs.errors import InputError
 from facegs.imageio import read_labels, read_rgb
 from facegs.labels import CANONICAL, IGNORE_INDEX, get_label_set, mapping_lut
 from facegs.parsing.augment import AugmentConfig, augment, color_jitter, hflip, random_affine, resize_pair
+from facegs.parsing.backgrounds import BackgroundConfig, BackgroundSampler, composite
 from facegs.parsing.data import collect_views, to_tensor_image
 from facegs.stream import default_rank_world, per_worker_count
 
@@ -79,10 +82,14 @@ class ShardTrainTransform:
         ignore_to_255: set ``labels`` to 255 where ``ignore`` is True (before any warp, so that the
             ignore region moves with the image). False keeps the labels as stored.
         label_set: the label set of the returned ``labels``; samples in another set are remapped.
+        background: replace the background of shard samples (not mixed-in ones) with probability
+            ``background.prob`` (:mod:`facegs.parsing.backgrounds`; the sample's ``alpha`` when the
+            shard has it, else its background-class pixels), drawn from ``(seed, epoch, key, 5)``.
     """
 
     def __init__(self, size: int, augment_cfg: AugmentConfig | None = None, seed: int = 0,
-                 use_confidence: bool = False, ignore_to_255: bool = True, label_set: str = CANONICAL) -> None:
+                 use_confidence: bool = False, ignore_to_255: bool = True, label_set: str = CANONICAL,
+                 background: BackgroundConfig | None = None) -> None:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         get_label_set(label_set)  # unknown names raise KeyError listing the known ones
@@ -92,6 +99,8 @@ class ShardTrainTransform:
         self.use_confidence = bool(use_confidence)
         self.ignore_to_255 = bool(ignore_to_255)
         self.label_set = label_set
+        self.background = background if background is not None and background.prob > 0 else None
+        self._bg_sampler = BackgroundSampler(background) if self.background is not None else None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -113,6 +122,8 @@ class ShardTrainTransform:
         src = meta.get("label_set", CANONICAL)
         if src != self.label_set:
             seg = mapping_lut(src, self.label_set)[seg]
+        if self._bg_sampler is not None and sample.get("__source__", "shard") != "mix":
+            rgb = self._replace_background(rgb, seg, sample, key)
         if self.ignore_to_255 and sample.get("ignore") is not None:
             seg = np.where(np.asarray(sample["ignore"], dtype=bool), np.uint8(IGNORE_INDEX), seg)
         conf = sample.get("conf") if self.use_confidence else None
@@ -130,6 +141,18 @@ class ShardTrainTransform:
         if self.use_confidence:
             out["weight"] = torch.from_numpy(np.ascontiguousarray(conf, dtype=np.float32))
         return out
+
+    def _replace_background(self, rgb: np.ndarray, seg: np.ndarray, sample: dict[str, Any], key: str) -> np.ndarray:
+        assert self._bg_sampler is not None and self.background is not None
+        rng = np.random.default_rng([self.seed, self.epoch, key_seed(key), 5])
+        if rng.random() >= self.background.prob:
+            return rgb
+        bg = self._bg_sampler.draw(rgb.shape[0], rgb.shape[1], rng)
+        alpha = sample.get("alpha")
+        if alpha is not None:
+            return composite(rgb, bg, alpha=np.asarray(alpha, np.float32))
+        return composite(rgb, bg, seg=seg, ignore=sample.get("ignore"),
+                         background_class=get_label_set(self.label_set).index("background"))
 
     def _geometry_and_colour(self, rgb: np.ndarray, seg: np.ndarray, conf: np.ndarray | None,
                              key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -1,0 +1,127 @@
+"""Weight-space interpolation of a base and a fine-tuned parser (WiSE-FT), with the mixing weight
+chosen on near-frontal validation views.
+
+Fine-tuning on extreme-pose renders moves a parser away from the near-frontal regime it was
+trained for. WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022) takes
+the weights ``theta(alpha) = (1 - alpha) * theta_base + alpha * theta_ft`` of the two models
+(same architecture, fine-tuned from the base, so they sit in one loss basin) and trades the
+base's accuracy on its own domain against the fine-tuned model's gains, without retraining.
+
+:func:`choose_alpha` makes the trade explicit with data a user has: their near-frontal labelled
+validation views (e.g. a held-out part of CelebAMask-HQ). It scores ``alpha`` on a grid and keeps
+the largest one whose mean F1 on those views is at most ``max_drop`` points below the base's.
+Extreme-pose ground truth, which users lack, is never needed.
+
+Interpolated tensors: every floating-point parameter and buffer (BatchNorm running statistics
+included); integer buffers (``num_batches_tracked``) are taken from the fine-tuned model.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from facegs.parsing.bisenet import BiSeNet
+from facegs.parsing.checkpoint import ParserModel, load_parser, save_parser
+
+DEFAULT_ALPHAS = tuple(float(a) for a in np.round(np.linspace(0.0, 1.0, 11), 2))
+
+
+def interpolate_state_dicts(base: Mapping[str, torch.Tensor], ft: Mapping[str, torch.Tensor],
+                            alpha: float) -> dict[str, torch.Tensor]:
+    """``(1 - alpha) * base + alpha * ft`` for floating tensors; integer tensors from ``ft``.
+
+    Raises ValueError when the keys or shapes differ (not the same architecture) or ``alpha`` is
+    outside [0, 1].
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if set(base) != set(ft):
+        diff = sorted(set(base) ^ set(ft))
+        raise ValueError(f"the two parsers have different parameters (e.g. {diff[:3]}): not the same architecture")
+    out: dict[str, torch.Tensor] = {}
+    for k, b in base.items():
+        f = ft[k]
+        if b.shape != f.shape:
+            raise ValueError(f"parameter {k}: shape {list(b.shape)} in the base, {list(f.shape)} fine-tuned")
+        if torch.is_floating_point(f):
+            out[k] = torch.lerp(b.detach().to(f.dtype), f.detach(), float(alpha)).clone()
+        else:
+            out[k] = f.detach().clone()
+    return out
+
+
+def _bisenet(pm: ParserModel, what: str) -> BiSeNet:
+    if not isinstance(pm.module, BiSeNet):
+        raise ValueError(f"{what}: a {pm.meta.get('source')} parser cannot be interpolated; give a facegs checkpoint "
+                         "or a BiSeNet state_dict")
+    return pm.module
+
+
+def interpolate_parsers(base: ParserModel, ft: ParserModel, alpha: float) -> ParserModel:
+    """A new :class:`ParserModel` with the interpolated weights; label set, input size and
+    normalisation from ``ft`` (both must share the label set)."""
+    nb, nf = _bisenet(base, "base"), _bisenet(ft, "fine-tuned")
+    if base.label_set != ft.label_set:
+        raise ValueError(f"label sets differ: base '{base.label_set}', fine-tuned '{ft.label_set}'")
+    net = copy.deepcopy(nf).cpu()
+    net.load_state_dict(interpolate_state_dicts(nb.state_dict(), nf.state_dict(), alpha), strict=True)
+    meta = {**ft.meta, "wise_alpha": float(alpha)}
+    return ParserModel(net, ft.label_set, input_size=ft.input_size, normalization=ft.normalization, meta=meta,
+                       device=ft.device)
+
+
+def frontal_mean_f1(results: Any, name: str, max_abs_yaw: float | None = None) -> float:
+    """Mean F1 (points) of one evaluated checkpoint: overall, or over the |yaw| bins below ``max_abs_yaw``
+    (image-weighted)."""
+    s = results[name].summary()
+    if max_abs_yaw is None:
+        v = s["overall"]["mean_f1"]
+        return float("nan") if v is None else 100.0 * float(v)
+    vals = [(b["mean_f1"], b["n_images"]) for b in s["yaw"] if b["hi"] <= max_abs_yaw and b["mean_f1"] is not None]
+    if not vals:
+        return float("nan")
+    return 100.0 * float(np.average([v for v, _ in vals], weights=[n for _, n in vals]))
+
+
+def choose_alpha(base: ParserModel, ft: ParserModel, val_items: Sequence[Any], *, max_drop: float = 1.0,
+                 alphas: Sequence[float] = DEFAULT_ALPHAS, flip_tta: bool = False,
+                 progress: bool = False) -> tuple[float, list[dict[str, float]]]:
+    """The largest ``alpha`` in ``alphas`` whose mean F1 on ``val_items`` (near-frontal labelled
+    views, :func:`facegs.parsing.report.load_test_items`) is at least the base's minus ``max_drop``
+    points; ``0.0`` (the base) when none is. Returns ``(alpha, [{"alpha", "mean_f1"}, ...])``.
+    """
+    from facegs.parsing.report import evaluate_checkpoints
+
+    if max_drop < 0:
+        raise ValueError(f"max_drop must be >= 0 points, got {max_drop}")
+    grid = sorted({float(a) for a in alphas} | {0.0})
+    models = {f"a{int(round(a * 1000)):04d}": interpolate_parsers(base, ft, a) for a in grid}
+    res = evaluate_checkpoints(models, val_items, flip_tta=flip_tta, progress=progress, pitch_bins=None)
+    table = [{"alpha": a, "mean_f1": frontal_mean_f1(res, n)} for a, n in zip(grid, models)]
+    floor = table[0]["mean_f1"] - max_drop
+    ok = [row["alpha"] for row in table if row["mean_f1"] >= floor]
+    return (max(ok) if ok else 0.0), table
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_interpolated(base_path: str | os.PathLike, ft_path: str | os.PathLike, out: str | os.PathLike,
+                       alpha: float, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Load both checkpoints (``weights_only``), interpolate and save a facegs checkpoint at ``out``
+    whose metadata records ``alpha`` and both inputs' sha256; returns that metadata."""
+    base, ft = load_parser(base_path), load_parser(ft_path)
+    pm = interpolate_parsers(base, ft, alpha)
+    info = {"alpha": float(alpha), "base": str(base_path), "base_sha256": _sha256(base_path),
+            "finetuned": str(ft_path), "finetuned_sha256": _sha256(ft_path), **dict(extra or {})}
+    return save_parser(out, pm.module, label_set=pm.label_set, input_size=pm.input_size,
+                       normalization=pm.normalization, extra_meta={"wise_ft": info})
