@@ -11,6 +11,10 @@ from facegs.parsing.checkpoint import load_parser, save_parser
 from facegs.synth.generate import generate_subject
 
 
+# the test preset skips the fit's final evaluation; turn it on for the label-quality numbers
+FACTORY_ARGS = "--factory-args=--no-progress --fit-overrides '{\"eval_at_end\": true}'"
+
+
 @pytest.mark.slow
 def test_pipeline_one_round_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
@@ -25,7 +29,7 @@ def test_pipeline_one_round_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "run"
     rc = pipeline.main(["--subjects", str(subjects), "--parser", str(base), "--out", str(out), "--rounds", "1",
                         "--first-labels", "noise:pixel:0.3", "--make-test", "1", "--test-res", "64",
-                        "--preset", "test", "--steps", "80", "--renders", "6", "--factory-args=--no-progress",
+                        "--preset", "test", "--steps", "80", "--renders", "6", FACTORY_ARGS,
                         "--workers", "2", "--epochs", "2", "--epoch-length", "8", "--batch-size", "4",
                         "--size", "64", "--num-cpus", "2"])
     assert rc == 0
@@ -43,7 +47,7 @@ def test_pipeline_one_round_end_to_end(tmp_path, monkeypatch):
     # rerun: everything is reused (complete subjects skipped, checkpoint reused)
     rc = pipeline.main(["--subjects", str(subjects), "--parser", str(base), "--out", str(out), "--rounds", "1",
                         "--first-labels", "noise:pixel:0.3", "--test-set", str(out / "test_set"),
-                        "--preset", "test", "--steps", "80", "--renders", "6", "--factory-args=--no-progress",
+                        "--preset", "test", "--steps", "80", "--renders", "6", FACTORY_ARGS,
                         "--num-cpus", "2"])
     assert rc == 0
     s = json.loads((out / "round1" / "dataset" / "summary.json").read_text())
