@@ -501,22 +501,6 @@ def frame_errors(estimated: np.ndarray, true: np.ndarray) -> tuple[float, float]
     return rotation_angle_deg(estimated[:3, :3], true[:3, :3]), float(np.linalg.norm(estimated[:3, 3] - true[:3, 3]))
 
 
-__all__ = [
-    "HeadFrame",
-    "HeadFrameConfig",
-    "HeadFrameError",
-    "LANDMARK_CLASSES",
-    "TEMPLATE",
-    "backproject_depth",
-    "calibrate_template",
-    "estimate_head_frame",
-    "evaluate_on_manifest",
-    "frame_errors",
-    "labelled_points_from_views",
-    "umeyama",
-]
-
-
 def head_frame_from_cameras(world_to_cameras: np.ndarray) -> HeadFrame:
     """A rig prior for the head frame when the fitted scene shows too few face parts.
 
@@ -542,3 +526,20 @@ def head_frame_from_cameras(world_to_cameras: np.ndarray) -> HeadFrame:
     M = np.eye(4)
     M[:3, 0], M[:3, 1], M[:3, 2], M[:3, 3] = x, up, fwd, origin
     return HeadFrame(world_from_head=M, diagnostics={"source": "cameras", "n_cameras": int(len(T))})
+
+
+__all__ = [
+    "HeadFrame",
+    "HeadFrameConfig",
+    "HeadFrameError",
+    "LANDMARK_CLASSES",
+    "TEMPLATE",
+    "backproject_depth",
+    "calibrate_template",
+    "estimate_head_frame",
+    "evaluate_on_manifest",
+    "frame_errors",
+    "head_frame_from_cameras",
+    "labelled_points_from_views",
+    "umeyama",
+]

@@ -177,10 +177,9 @@ def decode_sample(raw: RawSample) -> Decoded:
         "__shard__": shard,
         "rgb": decode_rgb(raw[rgb_fields[0]], f"{where}.{rgb_fields[0]}"),
         "seg": decode_label_png(raw["seg.png"], f"{where}.seg.png"),
-        "conf": decode_gray_png(raw["conf.png"], f"{where}.conf.png").astype(np.float32) / np.float32(255.0),
+        "conf": _decode_unit_png(raw["conf.png"], f"{where}.conf.png"),
         "ignore": decode_gray_png(raw["ignore.png"], f"{where}.ignore.png") >= 128,
-        "alpha": (decode_gray_png(raw["alpha.png"], f"{where}.alpha.png").astype(np.float32) / np.float32(255.0)
-                  if "alpha.png" in raw else None),
+        "alpha": _decode_unit_png(raw["alpha.png"], f"{where}.alpha.png") if "alpha.png" in raw else None,
         "meta": meta,
         "hflip": False,
     }
@@ -189,6 +188,11 @@ def decode_sample(raw: RawSample) -> Decoded:
         if out[fld] is not None and out[fld].shape != (h, w):
             raise InputError(f"{fld} is {list(out[fld].shape)}, image is {[h, w]}", view=key, field=fld, path=shard)
     return out
+
+
+def _decode_unit_png(data: bytes, where: str) -> np.ndarray:
+    """An 8-bit map of values in [0, 1] (confidence, alpha) -> [H, W] float32 ``value / 255``."""
+    return decode_gray_png(data, where).astype(np.float32) / np.float32(255.0)
 
 
 def select_abs_yaw(raws: Iterable[RawSample], lo: float, hi: float,

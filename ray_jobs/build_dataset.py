@@ -164,8 +164,8 @@ def build_config(a: argparse.Namespace) -> FactoryConfig:
     return FactoryConfig(labels=a.labels, flip_tta=not a.no_flip_tta, fit_preset=a.preset, fit_overrides=overrides,
                          n_renders=a.renders, yaw_range=tuple(a.yaw), pitch_range=tuple(a.pitch),
                          roll_jitter_deg=a.roll_jitter, res=a.res, rgb_format=a.rgb_format,
-                         jpeg_quality=a.jpeg_quality, maxcount=a.maxcount, store_alpha=not a.no_alpha, min_views=a.min_views, seed=a.seed,
-                         camera_head_frame_fallback=not a.no_camera_head_frame)
+                         jpeg_quality=a.jpeg_quality, maxcount=a.maxcount, store_alpha=not a.no_alpha,
+                         min_views=a.min_views, seed=a.seed, camera_head_frame_fallback=not a.no_camera_head_frame)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -78,10 +78,9 @@ def label_quality(dataset_root: Path) -> dict[str, float | None]:
     """Mean over the dataset's complete subjects (their done markers, so that a rerun that skips
     finished subjects reports the same) of the fit's agreement with ground truth (synthetic captures
     only): ``input_acc_gt`` (the parser's labels) and ``label_acc_gt`` / ``miou_gt`` (the refined scene)."""
-    from facegs.factory import SUBJECTS_DIR
+    from facegs.factory import complete_subjects
 
-    metrics = [json.loads(p.read_text()).get("fit_metrics", {})
-               for p in sorted((dataset_root / SUBJECTS_DIR).glob("*.json"))]
+    metrics = [marker.get("fit_metrics", {}) for marker in complete_subjects(str(dataset_root)).values()]
     out: dict[str, float | None] = {}
     for k in ("input_acc_gt", "label_acc_gt", "input_miou_gt", "miou_gt"):
         vals = [m.get(k) for m in metrics if m.get(k) is not None]

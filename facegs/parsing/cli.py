@@ -170,32 +170,29 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_interpolate(a: argparse.Namespace) -> int:
-    from facegs.parsing.checkpoint import load_parser
-    from facegs.parsing.wise import choose_alpha, write_interpolated
+    from facegs.parsing.wise import write_interpolated
 
-    extra = {}
-    alpha = a.alpha
-    if alpha is not None and not 0.0 <= alpha <= 1.0:
-        print(f"facegs parser interpolate: error: --alpha must be in [0, 1], got {alpha}", file=sys.stderr)
+    if a.alpha is not None and not 0.0 <= a.alpha <= 1.0:
+        print(f"facegs parser interpolate: error: --alpha must be in [0, 1], got {a.alpha}", file=sys.stderr)
         return 2
+    items = None
     if a.val:
         from facegs.parsing.report import load_test_items
 
         items = load_test_items(a.val, label_set=a.val_label_set)
-        alpha, table = choose_alpha(load_parser(a.base), load_parser(a.finetuned), items, max_drop=a.max_drop,
-                                    flip_tta=a.flip_tta, progress=True)
-        print(f"{'alpha':>6s} {'mean F1 on --val':>17s}")
-        for row in table:
-            mark = "  <- chosen" if row["alpha"] == alpha else ""
-            print(f"{row['alpha']:6.2f} {row['mean_f1']:17.2f}{mark}")
-        extra = {"chosen_on": [str(v) for v in a.val], "val_views": len(items), "max_drop": a.max_drop,
-                 "table": table}
     try:
-        write_interpolated(a.base, a.finetuned, a.out, alpha, extra)
+        info = write_interpolated(a.base, a.finetuned, a.out, a.alpha, val_items=items, max_drop=a.max_drop,
+                                  flip_tta=a.flip_tta, progress=True,
+                                  extra={"chosen_on": [str(v) for v in a.val]} if a.val else None)
     except (ValueError, FileNotFoundError) as e:
         print(f"facegs parser interpolate: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {a.out} (alpha {alpha:g})")
+    if "table" in info:
+        print(f"{'alpha':>6s} {'mean F1 on --val':>17s}")
+        for row in info["table"]:
+            mark = "  <- chosen" if row["alpha"] == info["alpha"] else ""
+            print(f"{row['alpha']:6.2f} {row['mean_f1']:17.2f}{mark}")
+    print(f"wrote {a.out} (alpha {info['alpha']:g})")
     return 0
 
 

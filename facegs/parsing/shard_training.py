@@ -99,8 +99,8 @@ class ShardTrainTransform:
         self.use_confidence = bool(use_confidence)
         self.ignore_to_255 = bool(ignore_to_255)
         self.label_set = label_set
-        self.background = background if background is not None and background.prob > 0 else None
-        self._bg_sampler = BackgroundSampler(background) if self.background is not None else None
+        self._bg_sampler = BackgroundSampler(background) if background is not None and background.prob > 0 else None
+        self._bg_class = get_label_set(label_set).index("background") if self._bg_sampler is not None else 0
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -143,16 +143,13 @@ class ShardTrainTransform:
         return out
 
     def _replace_background(self, rgb: np.ndarray, seg: np.ndarray, sample: dict[str, Any], key: str) -> np.ndarray:
-        assert self._bg_sampler is not None and self.background is not None
+        assert self._bg_sampler is not None
         rng = np.random.default_rng([self.seed, self.epoch, key_seed(key), 5])
-        if rng.random() >= self.background.prob:
+        if rng.random() >= self._bg_sampler.cfg.prob:
             return rgb
         bg = self._bg_sampler.draw(rgb.shape[0], rgb.shape[1], rng)
-        alpha = sample.get("alpha")
-        if alpha is not None:
-            return composite(rgb, bg, alpha=np.asarray(alpha, np.float32))
-        return composite(rgb, bg, seg=seg, ignore=sample.get("ignore"),
-                         background_class=get_label_set(self.label_set).index("background"))
+        return composite(rgb, bg, alpha=sample.get("alpha"), seg=seg, ignore=sample.get("ignore"),
+                         background_class=self._bg_class)
 
     def _geometry_and_colour(self, rgb: np.ndarray, seg: np.ndarray, conf: np.ndarray | None,
                              key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -78,17 +78,10 @@ def interpolate_parsers(base: ParserModel, ft: ParserModel, alpha: float) -> Par
                        device=ft.device)
 
 
-def frontal_mean_f1(results: Any, name: str, max_abs_yaw: float | None = None) -> float:
-    """Mean F1 (points) of one evaluated checkpoint: overall, or over the |yaw| bins below ``max_abs_yaw``
-    (image-weighted)."""
-    s = results[name].summary()
-    if max_abs_yaw is None:
-        v = s["overall"]["mean_f1"]
-        return float("nan") if v is None else 100.0 * float(v)
-    vals = [(b["mean_f1"], b["n_images"]) for b in s["yaw"] if b["hi"] <= max_abs_yaw and b["mean_f1"] is not None]
-    if not vals:
-        return float("nan")
-    return 100.0 * float(np.average([v for v, _ in vals], weights=[n for _, n in vals]))
+def overall_mean_f1(results: Any, name: str) -> float:
+    """Mean F1 (points) over all views of one evaluated checkpoint (NaN when undefined)."""
+    v = results[name].summary()["overall"]["mean_f1"]
+    return float("nan") if v is None else 100.0 * float(v)
 
 
 def choose_alpha(base: ParserModel, ft: ParserModel, val_items: Sequence[Any], *, max_drop: float = 1.0,
@@ -105,7 +98,7 @@ def choose_alpha(base: ParserModel, ft: ParserModel, val_items: Sequence[Any], *
     grid = sorted({float(a) for a in alphas} | {0.0})
     models = {f"a{int(round(a * 1000)):04d}": interpolate_parsers(base, ft, a) for a in grid}
     res = evaluate_checkpoints(models, val_items, flip_tta=flip_tta, progress=progress, pitch_bins=None)
-    table = [{"alpha": a, "mean_f1": frontal_mean_f1(res, n)} for a, n in zip(grid, models)]
+    table = [{"alpha": a, "mean_f1": overall_mean_f1(res, n)} for a, n in zip(grid, models)]
     floor = table[0]["mean_f1"] - max_drop
     ok = [row["alpha"] for row in table if row["mean_f1"] >= floor]
     return (max(ok) if ok else 0.0), table
@@ -116,12 +109,24 @@ def _sha256(path: str | os.PathLike) -> str:
 
 
 def write_interpolated(base_path: str | os.PathLike, ft_path: str | os.PathLike, out: str | os.PathLike,
-                       alpha: float, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Load both checkpoints (``weights_only``), interpolate and save a facegs checkpoint at ``out``
-    whose metadata records ``alpha`` and both inputs' sha256; returns that metadata."""
+                       alpha: float | None = None, *, val_items: Sequence[Any] | None = None, max_drop: float = 1.0,
+                       flip_tta: bool = False, progress: bool = False,
+                       extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Load both checkpoints once (``weights_only``), take ``alpha`` or choose it on ``val_items``
+    (:func:`choose_alpha`; exactly one of the two), interpolate and save a facegs checkpoint at
+    ``out`` (atomically). Its metadata ``extra.wise_ft`` records ``alpha``, both inputs' sha256, and
+    with ``val_items`` the number of views, ``max_drop`` and the alpha table; that dict is returned."""
+    if (alpha is None) == (val_items is None):
+        raise ValueError("give either alpha or validation views to choose it on")
     base, ft = load_parser(base_path), load_parser(ft_path)
+    chosen: dict[str, Any] = {}
+    if val_items is not None:
+        alpha, table = choose_alpha(base, ft, val_items, max_drop=max_drop, flip_tta=flip_tta, progress=progress)
+        chosen = {"val_views": len(val_items), "max_drop": float(max_drop), "table": table}
+    assert alpha is not None
     pm = interpolate_parsers(base, ft, alpha)
     info = {"alpha": float(alpha), "base": str(base_path), "base_sha256": _sha256(base_path),
-            "finetuned": str(ft_path), "finetuned_sha256": _sha256(ft_path), **dict(extra or {})}
-    return save_parser(out, pm.module, label_set=pm.label_set, input_size=pm.input_size,
-                       normalization=pm.normalization, extra_meta={"wise_ft": info})
+            "finetuned": str(ft_path), "finetuned_sha256": _sha256(ft_path), **chosen, **dict(extra or {})}
+    save_parser(out, pm.module, label_set=pm.label_set, input_size=pm.input_size, normalization=pm.normalization,
+                extra_meta={"wise_ft": info})
+    return info
