@@ -22,13 +22,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facegs.parsing.augment import AugmentConfig  # noqa: E402
-from facegs.parsing.base_parser import BaseParserConfig, train_base_parser  # noqa: E402
-from facegs.parsing.checkpoint import load_parser  # noqa: E402
-from facegs.parsing.data import collect_views  # noqa: E402
-from facegs.parsing.evaluate import evaluate_parser  # noqa: E402
-from facegs.parsing.train import TrainConfig  # noqa: E402
+from facegs.evaluate.parser import evaluate_parser  # noqa: E402
+from facegs.parser.checkpoint import load_parser  # noqa: E402
 from facegs.synth.generate import generate_dataset  # noqa: E402
+from facegs.train.augment import AugmentConfig  # noqa: E402
+from facegs.train.base_parser import BaseParserConfig, train_base_parser  # noqa: E402
+from facegs.train.data import collect_views  # noqa: E402
+from facegs.train.loop import TrainConfig  # noqa: E402
 
 
 def main() -> int:

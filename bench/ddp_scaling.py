@@ -2,8 +2,8 @@
 
 Measures, on the same synthetic shards (``shard_io.synthetic_samples``: S x S views, PNG or JPEG):
 
-1. Data-loader throughput alone: :class:`facegs.stream.ShardDataset` (resampled) +
-   :class:`facegs.parsing.shard_training.ShardTrainTransform` (decode, augment, normalise) iterated
+1. Data-loader throughput alone: :class:`facegs.shards.stream.ShardDataset` (resampled) +
+   :class:`facegs.train.shard_batches.ShardTrainTransform` (decode, augment, normalise) iterated
    in this process with one torch thread: what ONE DataLoader worker process can deliver.
 2. The fine-tuning loop of :mod:`ray_jobs.finetune` with 1 and 2 Ray Train workers (gloo DDP, one
    torch thread each, ``--loader-workers`` DataLoader processes per rank): samples/s summed over
@@ -42,12 +42,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shard_io import synthetic_samples  # noqa: E402
 
-from facegs.parsing.augment import AugmentConfig  # noqa: E402
-from facegs.parsing.bisenet import BiSeNet  # noqa: E402
-from facegs.parsing.checkpoint import save_parser  # noqa: E402
-from facegs.parsing.shard_training import ShardTrainTransform  # noqa: E402
-from facegs.shards import commit_subject, merge_manifest  # noqa: E402
-from facegs.stream import ShardDataset  # noqa: E402
+from facegs.parser.bisenet import BiSeNet  # noqa: E402
+from facegs.parser.checkpoint import save_parser  # noqa: E402
+from facegs.shards.manifest import merge_manifest  # noqa: E402
+from facegs.shards.stream import ShardDataset  # noqa: E402
+from facegs.shards.writer import commit_subject  # noqa: E402
+from facegs.train.augment import AugmentConfig  # noqa: E402
+from facegs.train.shard_batches import ShardTrainTransform  # noqa: E402
 
 
 def make_shards(root: Path, subjects: int, per_subject: int, size: int, maxcount: int, fmt: str) -> None:

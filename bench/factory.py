@@ -1,10 +1,10 @@
 """Factory overheads, side by side in one run (ratios; absolute times are noisy on shared machines).
 
-1. **Shard writing**: ``facegs.shards.write_shards`` (USTAR tar, fixed metadata, atomic publish with
+1. **Shard writing**: ``facegs.shards.writer.write_shards`` (USTAR tar, fixed metadata, atomic publish with
    fsync, per-shard record JSON, then the merged Parquet manifest) against plain ``tarfile``
    writing the *same member bytes* to the same number of files. Encoding (JPEG/PNG) is done once
    beforehand and excluded from both; it is reported on its own.
-2. **Shard reading** of the same shards: ``facegs.stream.ShardDataset`` (safe tar checks, decode of
+2. **Shard reading** of the same shards: ``facegs.shards.stream.ShardDataset`` (safe tar checks, decode of
    RGB, labels, confidence, ignore and JSON) against plain ``tarfile`` (raw bytes grouped by key;
    and raw bytes + the same decoders) and ``ray.data.read_webdataset`` (its default decoding).
 3. **Scheduling overhead** of ``ray_jobs/build_dataset.py``: N tiny subjects on M actors against
@@ -36,8 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shard_io import synthetic_samples  # noqa: E402
 
-from facegs.shards import encode_samples, merge_manifest, read_manifest, write_shards  # noqa: E402
-from facegs.stream import ShardDataset, decode_sample, group_by_key  # noqa: E402
+from facegs.shards.encode import encode_samples  # noqa: E402
+from facegs.shards.manifest import merge_manifest, read_manifest  # noqa: E402
+from facegs.shards.stages import decode_sample, group_by_key  # noqa: E402
+from facegs.shards.stream import ShardDataset  # noqa: E402
+from facegs.shards.writer import write_shards  # noqa: E402
 
 
 def bench_write(samples, fmt: str, maxcount: int, tmp: Path, repeats: int) -> dict:
@@ -200,10 +203,10 @@ def print_io(a: argparse.Namespace, w: dict, r: dict) -> None:
     print(f"\n{a.samples} samples {a.size}x{a.size} {a.format}, {w['shards']} shards, {w['mbytes']:.1f} MB; "
           f"encode {w['encode_ms_per_sample']:.1f} ms/sample (excluded below)")
     print(f"{'what':44s} {'samples/s':>10s} {'ratio':>7s}")
-    rows = [("write: facegs.shards (atomic+records+manifest)", w["facegs_samples_per_s"], 1.0),
+    rows = [("write: facegs.shards.writer (atomic+records+manifest)", w["facegs_samples_per_s"], 1.0),
             ("write: plain tarfile, same bytes", w["tarfile_samples_per_s"],
              w["tarfile_samples_per_s"] / w["facegs_samples_per_s"]),
-            ("read: facegs.stream.ShardDataset (decoded)", r["facegs_stream_samples_per_s"], 1.0),
+            ("read: facegs.shards.stream.ShardDataset (decoded)", r["facegs_stream_samples_per_s"], 1.0),
             ("read: plain tarfile, raw bytes", r["tarfile_raw_samples_per_s"],
              r["tarfile_raw_samples_per_s"] / r["facegs_stream_samples_per_s"]),
             ("read: plain tarfile + same decoders", r["tarfile_decode_samples_per_s"],

@@ -40,11 +40,12 @@ OUT = Path("bench/out/finetune_experiment")
 
 def raw_dataset(subject_dirs: list[Path], parser_path: str, root: Path, work: Path) -> None:
     """Capture views with the base parser's labels (on copies of the subjects) as shards."""
-    from facegs.factory import capture_samples
-    from facegs.manifest import load_manifest
-    from facegs.parsing.checkpoint import load_parser
-    from facegs.parsing.label_views import label_subject_with_parser
-    from facegs.shards import commit_subject, merge_manifest
+    from facegs.core.manifest import load_manifest
+    from facegs.factory.capture import capture_samples
+    from facegs.label.views import label_subject_with_parser
+    from facegs.parser.checkpoint import load_parser
+    from facegs.shards.manifest import merge_manifest
+    from facegs.shards.writer import commit_subject
 
     if (root / "manifest.parquet").exists():
         return
@@ -61,13 +62,15 @@ def raw_dataset(subject_dirs: list[Path], parser_path: str, root: Path, work: Pa
 
 def oracle_dataset(refined_root: Path, subjects_dir: Path, root: Path) -> None:
     """The refined renders' RGB with exact labels rendered by the generator at the same cameras."""
-    from facegs.manifest import load_manifest
-    from facegs.shards import Sample, commit_subject, merge_manifest, read_manifest
-    from facegs.stream import ShardDataset
-    from facegs.synth.params import HeadParams
-    from facegs.synth.render import render_views as synth_render
-
     import hashlib
+
+    from facegs.core.manifest import load_manifest
+    from facegs.shards.encode import Sample
+    from facegs.shards.manifest import merge_manifest, read_manifest
+    from facegs.shards.stream import ShardDataset
+    from facegs.shards.writer import commit_subject
+    from facegs.synth.params import HeadParams
+    from facegs.synth.raytrace import render_views as synth_render
 
     stamp = hashlib.sha256((refined_root / "manifest.parquet").read_bytes()).hexdigest()
     if (root / "manifest.parquet").exists() and (root / "refined_manifest.sha256").is_file() \
@@ -96,8 +99,8 @@ def oracle_dataset(refined_root: Path, subjects_dir: Path, root: Path) -> None:
 def label_quality_by_pose(refined_root: Path, oracle_root: Path) -> dict[str, float]:
     """Mean F1 (points) of the refined render labels against the exact labels of the same renders,
     per |yaw| bin (the yaw recorded in the shard, i.e. in the estimated head frame)."""
-    from facegs.metrics import PoseBinnedEvaluator
-    from facegs.stream import ShardDataset
+    from facegs.evaluate.metrics import PoseBinnedEvaluator
+    from facegs.shards.stream import ShardDataset
 
     exact = {s["__key__"]: s["seg"] for s in ShardDataset(str(oracle_root))}
     ev = PoseBinnedEvaluator(pitch_bins=None)
@@ -131,7 +134,7 @@ def main() -> int:
                                                "experiment_TAG.json (default: ckpt/, report/, experiment.json)")
     ap.add_argument("--wise-max-drop", type=float, default=None,
                     help="also evaluate every fine-tuned arm after WiSE-FT weight interpolation with the base "
-                         "(facegs.parsing.wise), alpha chosen per arm as the largest losing at most this many F1 "
+                         "(facegs.train.wise), alpha chosen per arm as the largest losing at most this many F1 "
                          "points on a separate near-frontal validation set (--val-subjects; never the test set)")
     ap.add_argument("--val-subjects", type=int, default=3, help="near-frontal validation subjects for --wise-max-drop")
     ap.add_argument("--ft-seed", type=int, default=0, help="fine-tuning seed (the same for every arm); vary it to "
@@ -145,7 +148,10 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from facegs.parsing.report import evaluate_checkpoints, load_test_items, make_test_set, summary_table, write_report
+    from facegs.evaluate.compare import evaluate_checkpoints
+    from facegs.evaluate.report import write_report
+    from facegs.evaluate.tables import summary_table
+    from facegs.evaluate.testsets import load_test_items, make_test_set
     from facegs.synth.generate import generate_dataset
     from ray_jobs import build_dataset, finetune
 
@@ -196,8 +202,8 @@ def main() -> int:
         ray.shutdown()
     wise: dict[str, dict] = {}
     if a.wise_max_drop is not None:
-        from facegs.parsing.checkpoint import load_parser
-        from facegs.parsing.wise import choose_alpha, interpolate_parsers
+        from facegs.parser.checkpoint import load_parser
+        from facegs.train.wise import choose_alpha, interpolate_parsers
 
         # near-frontal validation views (|yaw| <= 30, the test's frontal pitches) of other subjects
         val_dir = out / "val_frontal"

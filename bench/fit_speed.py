@@ -1,8 +1,8 @@
 """Time one subject fit at the CPU demo settings and report speed and quality.
 
 One synthetic subject (facegs.synth; 24 views on three rows of yaw -90..90, 128 x 128, random
-backgrounds) gets simulated parser labels (facegs.parsing.noise, default spec below), then
-``facegs.fit.fit_subject`` runs at the CPU demo settings. Prints a table (steps, N Gaussians,
+backgrounds) gets simulated parser labels (facegs.label.noise, default spec below), then
+``facegs.fit.loop.fit_subject`` runs at the CPU demo settings. Prints a table (steps, N Gaussians,
 s/step, total s, PSNR, label accuracy vs GT of the fused labels and of the noisy inputs) and writes
 ``bench/out/fit_speed.json``. The generated subject is cached under ``bench/out/data``.
 
@@ -39,10 +39,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facegs.fit import FitConfig, fit_config, fit_subject  # noqa: E402
-from facegs.imageio import read_labels, write_confidence, write_labels  # noqa: E402
-from facegs.init_points import InitConfig  # noqa: E402
-from facegs.manifest import SubjectManifest, load_manifest, save_manifest  # noqa: E402
+from facegs.core.imageio import read_labels, write_confidence, write_labels  # noqa: E402
+from facegs.core.manifest import SubjectManifest, load_manifest, save_manifest  # noqa: E402
+from facegs.fit.config import (  # noqa: E402
+    FitConfig,
+    InitConfig,  # noqa: E402
+    fit_config,
+)
+from facegs.fit.loop import fit_subject  # noqa: E402
 
 NOISE = "boundary:2,pose:1,lr_swap:0.2,pixel:0.1"
 
@@ -59,7 +63,8 @@ def bench_rig(res: int, n_views: int):
 
 def make_subject(out: Path, res: int, n_views: int, seed: int, noise: str) -> SubjectManifest:
     """Generate (or reuse) the subject and write noisy ``labels`` + ``confidence`` for every view."""
-    from facegs.parsing.noise import apply_noise, derive_seed
+    from facegs.core.hashing import derive_seed
+    from facegs.label.noise import apply_noise
     from facegs.synth.generate import generate_subject
 
     sid = f"bench_{res}px_{n_views}v_s{seed}"
@@ -88,7 +93,7 @@ def make_subject(out: Path, res: int, n_views: int, seed: int, noise: str) -> Su
 
 
 def demo_config(args) -> FitConfig:
-    """The ``cpu_demo`` preset of :mod:`facegs.fit`, with the options given on the command line."""
+    """The ``cpu_demo`` preset of :mod:`facegs.fit.loop`, with the options given on the command line."""
     over = {k: getattr(args, k) for k in ("steps", "views_per_step", "downscale", "sh_degree", "max_gaussians",
                                           "label_mode") if getattr(args, k) is not None}  # fmt: skip
     if args.init_points is not None:

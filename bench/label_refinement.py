@@ -2,7 +2,7 @@
 
 For held-out synthetic subjects (disjoint from the base parser's training subjects), each arm:
 1. labels every capture view (the base parser with flip TTA, or a seeded noise model on GT);
-2. fits the joint RGB + label Gaussian scene (``facegs.fit``, CPU demo settings);
+2. fits the joint RGB + label Gaussian scene (``facegs.fit.loop``, CPU demo settings);
 3. estimates the head frame from the semantic Gaussians and renders a fixed yaw/pitch grid;
 4. scores the refined labels against the generator's exact labels rendered at the same cameras.
 Reference (a): the base parser run on the generator's ground-truth images of those same views.
@@ -30,19 +30,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facegs.cameras import rotation_angle_deg, w2c_to_head_pose  # noqa: E402
-from facegs.poses import cameras_for_poses, match_capture_intrinsics  # noqa: E402
-from facegs.fit import FitConfig, fit_subject  # noqa: E402
-from facegs.manifest import load_manifest  # noqa: E402
-from facegs.metrics import PoseBinnedEvaluator  # noqa: E402
-from facegs.parsing.checkpoint import load_parser  # noqa: E402
-from facegs.parsing.label_views import (label_subject_with_noise, label_subject_with_parser,  # noqa: E402
-                                        predict_probs)
-from facegs.refine import RefineConfig, head_frame_from_scene, render_views  # noqa: E402
-from facegs.report_plots import plot_f1_vs_yaw  # noqa: E402
+from facegs.core.cameras import rotation_angle_deg, w2c_to_head_pose  # noqa: E402
+from facegs.core.manifest import load_manifest  # noqa: E402
+from facegs.evaluate.metrics import PoseBinnedEvaluator  # noqa: E402
+from facegs.evaluate.plots import plot_f1_vs_yaw  # noqa: E402
+from facegs.fit.config import FitConfig  # noqa: E402
+from facegs.fit.loop import fit_subject  # noqa: E402
+from facegs.headframe.scene import head_frame_from_scene  # noqa: E402
+from facegs.label.views import label_subject_with_noise, label_subject_with_parser
+from facegs.parser.checkpoint import load_parser  # noqa: E402
+from facegs.parser.predict import predict_probs
+from facegs.render.poses import cameras_for_poses, match_capture_intrinsics  # noqa: E402
+from facegs.render.views import RefineConfig, render_novel_views  # noqa: E402
 from facegs.synth.generate import generate_dataset  # noqa: E402
 from facegs.synth.params import HeadParams  # noqa: E402
-from facegs.synth.render import render_views as synth_render  # noqa: E402
+from facegs.synth.raytrace import render_novel_views as synth_render  # noqa: E402
 
 OUT = Path("bench/out/label_refinement")
 YAWS = np.arange(-90.0, 90.1, 15.0)
@@ -120,7 +122,7 @@ def run(rig: str, a: argparse.Namespace) -> dict:
             headframe_err.setdefault(arm, []).append(err)
             cfg = RefineConfig(fit=fcfg, res=a.res)
             # every arm renders the same evaluation cameras, so all arms are scored on identical views
-            for k, rv in enumerate(render_views(fit.params, gt_cams, W, H, frame, cfg, progress=False)):
+            for k, rv in enumerate(render_novel_views(fit.params, gt_cams, W, H, frame, cfg, progress=False)):
                 yaw, pitch, _ = w2c_to_head_pose(gt_cams[k][0], T)
                 ev(arm).update(rv.labels, gt_cache[k]["labels"], yaw=yaw, pitch=pitch)
                 if labeller == "parser" and not overrides:

@@ -1,4 +1,4 @@
-"""Rasterizer speed: forward and forward+backward of facegs.render backends.
+"""Rasterizer speed: forward and forward+backward of facegs.splat.rasterize backends.
 
 Scene: N Gaussians on and inside a head-sized ellipsoid (the shape of a fitted face scene), seen by
 one 128 x 128 camera, D = 22 channels (RGB + 19 class logits), float32. Times the torch backend on
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from facegs.render import rasterize
+from facegs.splat.rasterize import rasterize
 
 
 def head_scene(n: int, size: int, channels: int, device: str, seed: int = 0, scale: float = 1.0) -> dict:

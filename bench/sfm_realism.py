@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pycolmap
 
-from facegs.errors import InputError
-from facegs.io.compare import sfm_cross_check
+from facegs.core.errors import InputError
+from facegs.ingest.compare import sfm_cross_check
 from facegs.synth.generate import generate_subject
 
 COLUMNS = (
@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for pycolmap (-1: all)")
     ap.add_argument("--camera-model", default="SIMPLE_RADIAL", help="COLMAP camera model SfM estimates")
     ap.add_argument("--profiles", nargs="+", default=["auto", "colmap"],
-                    help="SfM threshold profiles to compare (facegs.io.sfm.SfmOptions.profile)")
+                    help="SfM threshold profiles to compare (facegs.ingest.sfm.SfmOptions.profile)")
     ap.add_argument("--work", type=Path, help="keep generated subjects and SfM outputs here (default: temporary)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "sfm_realism.json")
     args = ap.parse_args()

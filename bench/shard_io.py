@@ -2,7 +2,7 @@
 
 Samples: synthetic S x S views (smooth RGB + noise, a 19-class label map, random confidence).
 Measures, per filesystem: ``commit_subject`` (encode + tar + atomic publish + records) and a full
-read with ``facegs.stream.ShardDataset`` (fsspec stream, safe tar checks, decode); locally also
+read with ``facegs.shards.stream.ShardDataset`` (fsspec stream, safe tar checks, decode); locally also
 webdataset's reader with the same decoders, for reference.
 
 Usage:
@@ -26,9 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facegs.shard_schema import sample_key
-from facegs.shards import Sample, commit_subject, encode_sample, merge_manifest
-from facegs.stream import ShardDataset, decode_sample
+from facegs.shards.encode import Sample, encode_sample
+from facegs.shards.manifest import merge_manifest
+from facegs.shards.schema import sample_key
+from facegs.shards.stages import decode_sample
+from facegs.shards.stream import ShardDataset
+from facegs.shards.writer import commit_subject
 
 
 def synthetic_samples(subject: str, n: int, size: int, seed: int = 0) -> list[Sample]:
@@ -85,7 +88,7 @@ def main() -> None:
         results["file"] = bench_root(f"file://{tmp}/ds", {}, samples, args.format, args.maxcount)
         import webdataset as wds
 
-        from facegs.shards import read_manifest
+        from facegs.shards.manifest import read_manifest
         paths = [f"{tmp}/ds/{s}" for s in read_manifest(f"{tmp}/ds").column("shard").to_pylist()]
         t0 = time.perf_counter()
         n = sum(1 for r in wds.WebDataset(paths, shardshuffle=False, empty_check=False)

@@ -1,7 +1,7 @@
 """facegs: multi-view 3D Gaussian splatting label refinement for face parsing under extreme poses.
 
-Data flows one way: ingest (facegs.io, facegs.synth) -> label (facegs.parsing) -> fit (facegs.fit)
--> render (facegs.render) -> shard (facegs.shards) -> train -> evaluate (facegs.metrics).
+Data flows one way: ingest (facegs.ingest, facegs.synth) -> label (facegs.parsing) -> fit (facegs.fit.loop)
+-> render (facegs.splat.rasterize) -> shard (facegs.shards.writer) -> train -> evaluate (facegs.evaluate.metrics).
 The library never imports Ray; ``ray_jobs/`` wires it to a cluster.
 
 Conventions used everywhere (stated once here, repeated in docstrings where they matter):

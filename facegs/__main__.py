@@ -1,5 +1,5 @@
 import sys
 
-from facegs.cli import main
+from facegs.cli.app import main
 
 sys.exit(main())

@@ -3,7 +3,7 @@
     python -m ray_jobs.build_dataset --subjects SUBJECTS --out ROOT_URL [--labels parser:CKPT] ...
 
 One long-lived actor per GPU (``@ray.remote(num_gpus=1)``; CPU actors when the cluster has no
-GPUs) processes one subject at a time with :func:`facegs.factory.process_subject`. The driver
+GPUs) processes one subject at a time with :func:`facegs.factory.process.process_subject`. The driver
 keeps exactly one subject in flight per actor and waits with ``ray.wait`` (back-pressure: a list
 of 100k subjects is never submitted at once). Subjects already complete under ROOT_URL with the
 same config hash are skipped, so a rerun after any crash continues where the last run stopped;
@@ -11,8 +11,8 @@ because every subject's shards have deterministic names and bytes, the rerun's o
 uninterrupted run's.
 
 Failures:
-- a bad subject (facegs.errors.InputError: corrupt image, missing camera, non-finite pose, too
-  few views, ...) or an unusable fit (facegs.errors.FitError: too few face parts to place the
+- a bad subject (facegs.core.errors.InputError: corrupt image, missing camera, non-finite pose, too
+  few views, ...) or an unusable fit (facegs.core.errors.FitError: too few face parts to place the
   head frame) fails at once, without retries (both are deterministic): it is recorded in ``ROOT/failures/{id}.json`` and the summary
   (error type, message, attempts) and the other subjects go on;
 - any other exception is retried, up to ``--max-attempts`` attempts in all;
@@ -20,7 +20,7 @@ Failures:
   retried on an actor that is alive, up to the same limit. An actor that cannot be placed within
   ``--actor-start-timeout`` seconds (its node is gone for good) is given up; when no actor is
   left, the remaining subjects fail with that reason instead of waiting forever.
-At the end :func:`facegs.factory.finalize` removes leftovers of interrupted subjects and merges
+At the end :func:`facegs.factory.markers.finalize` removes leftovers of interrupted subjects and merges
 ``ROOT/manifest.parquet`` from complete subjects only; ``ROOT/summary.json`` holds the run's
 results. Exit status: 0 when every subject is complete, 1 when any failed for good, 2 for bad
 arguments or an unusable subject list.
@@ -43,10 +43,14 @@ from typing import Any
 import ray
 from tqdm.auto import tqdm
 
-from facegs.errors import FitError, InputError
-from facegs.factory import (SUMMARY_NAME, CrashInjection, FactoryConfig, complete_subjects, config_hash, fetch_local,
-                            file_sha256, finalize, list_subject_urls, process_subject, record_failure, subject_id_of)
-from facegs.shards import DatasetRoot, put_bytes_atomic
+from facegs.core.errors import FitError, InputError
+from facegs.core.hashing import file_sha256
+from facegs.core.storage import fetch_local, put_bytes_atomic
+from facegs.factory.config import FactoryConfig, config_hash
+from facegs.factory.markers import SUMMARY_NAME, complete_subjects, finalize, record_failure
+from facegs.factory.process import CrashInjection, process_subject
+from facegs.factory.sources import list_subject_urls, subject_id_of
+from facegs.shards.root import DatasetRoot
 from ray_jobs.ray_session import connect
 
 
@@ -65,7 +69,7 @@ class SubjectWorker:
         self.device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         self.parser = None
         if self.cfg.label_source == "parser":
-            from facegs.parsing.checkpoint import load_parser
+            from facegs.parser.checkpoint import load_parser
 
             self._tmp = tempfile.TemporaryDirectory(prefix="facegs-parser-")
             self.parser = load_parser(fetch_local(self.cfg.label_arg, Path(self._tmp.name), storage_options),

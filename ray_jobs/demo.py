@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     def stage(name: str) -> None:
         timings[name] = round(time.perf_counter() - t0 - sum(timings.values()), 1)
 
+    from facegs.core.manifest import load_manifest
+    from facegs.core.viz import write_contact_sheet
+    from facegs.ingest.validate import validate_tree
     from facegs.synth.generate import generate_dataset
-    from facegs.validate import validate_tree
-    from facegs.viz import write_contact_sheet
-    from facegs.manifest import load_manifest
 
     print(f"[1/6] synthesising {a.subjects} subjects ({a.rig} rig, {a.res}px) into {out / 'subjects'}")
     dirs = generate_dataset(out / "subjects", a.subjects, master_seed=a.seed, skip_existing=True, rig=a.rig, res=a.res)
@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         write_contact_sheet(load_manifest(d), sheets / f"{d.name}.png", max_views=24)
     stage("contact_sheets")
 
-    from facegs.parsing.augment import AugmentConfig
-    from facegs.parsing.base_parser import BaseParserConfig, train_base_parser
-    from facegs.parsing.checkpoint import load_parser
-    from facegs.parsing.train import TrainConfig
+    from facegs.parser.checkpoint import load_parser
+    from facegs.train.augment import AugmentConfig
+    from facegs.train.base_parser import BaseParserConfig, train_base_parser
+    from facegs.train.loop import TrainConfig
 
     ckpt = out / "parser" / "base.pt"
     if not ckpt.is_file():
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[4/6] reusing base parser {ckpt}")
     stage("base_parser")
 
-    from facegs.parsing.data import collect_views
-    from facegs.parsing.evaluate import evaluate_parser
-    from facegs.parsing.label_views import label_subject_with_parser
+    from facegs.evaluate.parser import evaluate_parser
+    from facegs.label.views import label_subject_with_parser
+    from facegs.train.data import collect_views
 
     print("[5/6] labelling every capture view with the base parser and evaluating against ground truth")
     parser = load_parser(ckpt)
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if rc != 0:
         print(f"the pipeline failed: see {out / 'pipeline'}", file=sys.stderr)
         return rc
-    from facegs.shards import read_manifest
-    from facegs.viz import write_shard_contact_sheet
+    from facegs.shards.manifest import read_manifest
+    from facegs.shards.sheet import write_shard_contact_sheet
 
     table = read_manifest(str(ds))
     n_samples = int(sum(table.column("num_samples").to_pylist()))

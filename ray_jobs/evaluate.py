@@ -114,14 +114,17 @@ def _error(msg: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    from facegs.errors import InputError
-    from facegs.parsing import report as R
+    from facegs.core.errors import InputError
+    from facegs.evaluate.compare import check_name, evaluate_checkpoints
+    from facegs.evaluate.report import write_report
+    from facegs.evaluate.tables import summary_table
+    from facegs.evaluate.testsets import DEFAULT_PITCHES, DEFAULT_YAWS, load_test_items, make_test_set
 
     try:
         ckpts = _pairs(a.ckpt, "--ckpt", default_name=True)
         label_sets = _pairs(a.ckpt_label_set, "--ckpt-label-set", default_name=False)
         for name in ckpts:
-            R.check_name(name)
+            check_name(name)
         unknown = sorted(set(label_sets) - set(ckpts))
         if unknown:
             raise ValueError(f"--ckpt-label-set names unknown checkpoints {unknown}; checkpoints: {list(ckpts)}")
@@ -145,22 +148,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.make_synthetic is not None:
             print(f"rendering {a.make_synthetic} synthetic test subjects into {a.test_set}", file=sys.stderr)
-            dirs = R.make_test_set(a.test_set, a.make_synthetic, a.seed, a.res,
-                                   a.yaws if a.yaws is not None else R.DEFAULT_YAWS,
-                                   a.pitches if a.pitches is not None else R.DEFAULT_PITCHES,
+            dirs = make_test_set(a.test_set, a.make_synthetic, a.seed, a.res,
+                                   a.yaws if a.yaws is not None else DEFAULT_YAWS,
+                                   a.pitches if a.pitches is not None else DEFAULT_PITCHES,
                                    a.background, progress=progress)
-            items = R.load_test_items(dirs, a.label_set, a.label_field)
+            items = load_test_items(dirs, a.label_set, a.label_field)
         else:
-            items = R.load_test_items(a.test_set, a.label_set, a.label_field)
+            items = load_test_items(a.test_set, a.label_set, a.label_field)
         print(f"evaluating {len(ckpts)} checkpoint(s) on {len(items)} views ({device}"
               f"{', flip TTA' if a.flip_tta else ''})", file=sys.stderr)
-        results = R.evaluate_checkpoints(ckpts, items, a.flip_tta, device, a.batch_size,
+        results = evaluate_checkpoints(ckpts, items, a.flip_tta, device, a.batch_size,
                                          label_sets=label_sets, progress=progress)
     except (InputError, ValueError, KeyError) as e:
         return _error(str(e).strip("'\""))
-    paths = R.write_report(results, a.out, base, a.extreme_yaw, a.examples, n_frontal=a.frontal_examples,
+    paths = write_report(results, a.out, base, a.extreme_yaw, a.examples, n_frontal=a.frontal_examples,
                            extra={"argv": list(sys.argv[1:] if argv is None else argv)})
-    print(R.summary_table(results, base, a.extreme_yaw))
+    print(summary_table(results, base, a.extreme_yaw))
     print()
     print(f"report: {paths['markdown']}")
     if "contact_sheet" in paths:

@@ -7,20 +7,20 @@ What it does:
 
 - Every Ray Train worker builds the parser from --init (a facegs checkpoint or a bare BiSeNet
   state_dict in the published layout, read once by the driver with
-  :func:`facegs.parsing.checkpoint.load_parser` and shipped through the object store, so workers
+  :func:`facegs.parser.checkpoint.load_parser` and shipped through the object store, so workers
   need no access to the file), wraps it with ``ray.train.torch.prepare_model`` (DDP when there is
   more than one worker; backend set explicitly: nccl with --use-gpu, gloo on CPU) and trains with
-  the facegs recipe (:func:`facegs.parsing.train.train_step`: SGD, poly LR with warm-up, OHEM on all
+  the facegs recipe (:func:`facegs.train.loop.train_step`: SGD, poly LR with warm-up, OHEM on all
   heads, optional structure-via-consensus loss; float16 autocast with a GradScaler on GPU only).
-- Data: :class:`facegs.stream.ShardDataset` with ``resampled=True`` and ``epoch_length=N`` samples
+- Data: :class:`facegs.shards.stream.ShardDataset` with ``resampled=True`` and ``epoch_length=N`` samples
   per rank per epoch, labels remapped to the parser's label set, then
-  :class:`facegs.parsing.shard_training.ShardTrainTransform` (augmentation seeded per
+  :class:`facegs.train.shard_batches.ShardTrainTransform` (augmentation seeded per
   (seed, epoch, key); the shard confidence map as per-pixel loss weight unless --no-confidence;
   ignore pixels -> 255). Optionally a fraction --mix-ratio of every batch comes from the original
-  labelled data (--mix-dir), see :class:`facegs.parsing.shard_training.MixedIterable`.
+  labelled data (--mix-dir), see :class:`facegs.train.mixing.MixedIterable`.
   --background-prob P puts a shard sample over a new background with probability P (procedural
   clutter, or images from --backgrounds DIR; exact with the renders' ``alpha.png``, else the
-  background-labelled pixels are replaced; :mod:`facegs.parsing.backgrounds`): renders are over
+  background-labelled pixels are replaced; :mod:`facegs.train.backgrounds`): renders are over
   black, real images are not. --abs-yaw-range LO HI keeps only shard samples with LO <= |yaw| <= HI
   (the driver drops shards whose yaw histogram cannot hold one; the stream filters per sample).
 - Ranks see disjoint samples: the manifest's shard list (same order on every rank) is split
@@ -35,7 +35,7 @@ What it does:
   metrics (mean loss over all ranks, LR, samples/s, time waiting for data, and per rank: sample
   and step counts, the number of distinct sample keys, a SHA-256 of the sorted key set and up to
   --report-keys of the keys themselves) with a checkpoint directory holding ``parser.pt`` (a facegs
-  checkpoint, :func:`facegs.parsing.checkpoint.save_parser`), ``train_state.pt`` (optimizer,
+  checkpoint, :func:`facegs.parser.checkpoint.save_parser`), ``train_state.pt`` (optimizer,
   GradScaler, epoch and step: plain tensors and numbers, read back with ``weights_only=True``) and
   ``history.json`` (the metrics of every epoch so far).
 - Fault tolerance: a worker that dies (or raises) makes Ray Train restart the whole worker group
@@ -188,7 +188,7 @@ def _shards_in_yaw_range(table: Any, yaw_range: tuple[float, float]) -> list[str
     """Manifest shards whose yaw histogram has samples in bins overlapping ``lo <= |yaw| <= hi``
     (the manifest keeps 15-degree bins, so a kept shard may hold none exactly in range; the stream
     filters per sample). Raises ValueError when no shard can hold such a sample."""
-    from facegs.shard_schema import YAW_EDGES
+    from facegs.shards.schema import YAW_EDGES
 
     lo, hi = yaw_range
     bins = []
@@ -206,16 +206,16 @@ def _shards_in_yaw_range(table: Any, yaw_range: tuple[float, float]) -> list[str
 def prepare(cfg: FinetuneConfig) -> dict[str, Any]:
     """Validate a config on the driver; returns what the workers need (shard list, init weights, ...).
 
-    Raises ``ValueError`` / ``KeyError`` / :class:`facegs.errors.InputError` / ``FileNotFoundError``
+    Raises ``ValueError`` / ``KeyError`` / :class:`facegs.core.errors.InputError` / ``FileNotFoundError``
     with a message that names the offending argument.
     """
-    from facegs.errors import InputError
-    from facegs.factory import fetch_local
-    from facegs.labels import get_label_set
-    from facegs.parsing.bisenet import BiSeNet
-    from facegs.parsing.checkpoint import load_parser
-    from facegs.parsing.shard_training import scan_labelled_dir
-    from facegs.shards import read_manifest
+    from facegs.core.errors import InputError
+    from facegs.core.labels import get_label_set
+    from facegs.core.storage import fetch_local
+    from facegs.parser.bisenet import BiSeNet
+    from facegs.parser.checkpoint import load_parser
+    from facegs.shards.manifest import read_manifest
+    from facegs.train.mixing import scan_labelled_dir
 
     _check_numbers(cfg)
     so = cfg.storage_options or {}
@@ -245,7 +245,7 @@ def prepare(cfg: FinetuneConfig) -> dict[str, Any]:
                                                                             if k in ("source", "input_size", "width")},
                 "init_sha256": hashlib.sha256(Path(local).read_bytes()).hexdigest()}
     if cfg.background_prob > 0:
-        from facegs.parsing.backgrounds import BackgroundConfig, BackgroundSampler
+        from facegs.train.backgrounds import BackgroundConfig, BackgroundSampler
 
         BackgroundSampler(BackgroundConfig(cfg.background_prob, cfg.backgrounds))  # an empty directory fails here
     mix_count = 0
@@ -305,15 +305,16 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from facegs.parsing.augment import AugmentConfig
-    from facegs.parsing.backgrounds import BackgroundConfig
-    from facegs.parsing.bisenet import BiSeNet
-    from facegs.parsing.checkpoint import save_parser
-    from facegs.parsing.losses import ParserLossConfig
-    from facegs.parsing.shard_training import (MixedIterable, ShardTrainTransform, batches_per_epoch, make_train_loader,
-                                               scan_labelled_dir)
-    from facegs.parsing.train import TrainConfig, make_optimizer, train_step
-    from facegs.stream import ShardDataset, split_shards
+    from facegs.parser.bisenet import BiSeNet
+    from facegs.parser.checkpoint import save_parser
+    from facegs.shards.stages import split_shards
+    from facegs.shards.stream import ShardDataset
+    from facegs.train.augment import AugmentConfig
+    from facegs.train.backgrounds import BackgroundConfig
+    from facegs.train.loop import TrainConfig, make_optimizer, train_step
+    from facegs.train.losses import ParserLossConfig
+    from facegs.train.mixing import MixedIterable, scan_labelled_dir
+    from facegs.train.shard_batches import ShardTrainTransform, batches_per_epoch, make_train_loader
 
     c = FinetuneConfig.from_any(config["cfg"])
     torch.set_num_threads(max(1, c.threads))
@@ -468,7 +469,7 @@ def train_worker(config: dict[str, Any]) -> None:
 def _write_bytes(url: str, data: bytes, so: dict[str, Any] | None) -> None:
     import fsspec
 
-    from facegs.shards import put_bytes_atomic
+    from facegs.core.storage import put_bytes_atomic
 
     fs, path = fsspec.core.url_to_fs(url, **(so or {}))
     if "://" not in url:
@@ -649,7 +650,7 @@ def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from facegs.errors import InputError
+    from facegs.core.errors import InputError
 
     a = parse_args(argv)
     try:

@@ -78,7 +78,7 @@ def label_quality(dataset_root: Path) -> dict[str, float | None]:
     """Mean over the dataset's complete subjects (their done markers, so that a rerun that skips
     finished subjects reports the same) of the fit's agreement with ground truth (synthetic captures
     only): ``input_acc_gt`` (the parser's labels) and ``label_acc_gt`` / ``miou_gt`` (the refined scene)."""
-    from facegs.factory import complete_subjects
+    from facegs.factory.markers import complete_subjects
 
     metrics = [marker.get("fit_metrics", {}) for marker in complete_subjects(str(dataset_root)).values()]
     out: dict[str, float | None] = {}
@@ -93,7 +93,10 @@ def run(a: argparse.Namespace) -> int:
 
     import ray
 
-    from facegs.parsing.report import evaluate_checkpoints, load_test_items, make_test_set, summary_table, write_report
+    from facegs.evaluate.compare import evaluate_checkpoints
+    from facegs.evaluate.report import write_report
+    from facegs.evaluate.tables import summary_table
+    from facegs.evaluate.testsets import load_test_items, make_test_set
     from ray_jobs import build_dataset, finetune
     from ray_jobs.ray_session import connect
 

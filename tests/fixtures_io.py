@@ -14,10 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-import facegs.cli
-from facegs.cameras import head_pose_to_w2c
-from facegs.imageio import write_confidence, write_labels, write_mask, write_rgb
-from facegs.manifest import SubjectManifest, View, save_manifest
+import facegs.cli.app
+from facegs.core.cameras import head_pose_to_w2c
+from facegs.core.imageio import write_confidence, write_labels, write_mask, write_rgb
+from facegs.core.manifest import SubjectManifest, View, save_manifest
 
 W, H = 96, 72
 
@@ -210,9 +210,9 @@ def edit_manifest(root: Path, fn) -> None:
 
 
 def run_cli(argv: list[str], monkeypatch) -> int:
-    """``facegs.cli.main(argv)`` with only the ingest and validate commands registered."""
-    monkeypatch.setattr(facegs.cli, "COMMAND_MODULES", ("facegs.io.cli", "facegs.validate"))
-    return facegs.cli.main(argv)
+    """``facegs.cli.app.main(argv)`` with only the ingest and validate commands registered."""
+    monkeypatch.setattr(facegs.cli.app, "COMMAND_MODULES", ("facegs.cli.ingest", "facegs.cli.validate"))
+    return facegs.cli.app.main(argv)
 
 
 def write_textured_scene_subject(root: Path, n: int = 12, res: int = 128, seed: int = 0) -> SubjectManifest:
@@ -221,7 +221,7 @@ def write_textured_scene_subject(root: Path, n: int = 12, res: int = 128, seed: 
     Rigid, static and strongly textured: structure-from-motion must recover its cameras. Cameras
     orbit the sphere (yaw -60..60, pitch wobbling), 3 units away, 40 degree field of view.
     """
-    from facegs.cameras import intrinsics_from_fov, pixel_rays
+    from facegs.core.cameras import intrinsics_from_fov, pixel_rays
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "images").mkdir(exist_ok=True)

@@ -15,13 +15,22 @@ import numpy as np
 import pytest
 from test_shards import H, W, make_samples
 
-from facegs.errors import InputError
-from facegs.imageio import write_rgb
-from facegs.parsing.backgrounds import (BackgroundConfig, BackgroundSampler, composite, image_background,
-                                        list_background_images, procedural_background)
-from facegs.parsing.shard_training import ShardTrainTransform
-from facegs.shards import Sample, commit_subject, encode_sample, member_order, merge_manifest, read_manifest
-from facegs.stream import ShardDataset, decode_sample, hflip_sample, select_abs_yaw
+from facegs.core.errors import InputError
+from facegs.core.imageio import write_rgb
+from facegs.shards.encode import Sample, encode_sample, member_order
+from facegs.shards.manifest import merge_manifest, read_manifest
+from facegs.shards.stages import decode_sample, hflip_sample, select_abs_yaw
+from facegs.shards.stream import ShardDataset
+from facegs.shards.writer import commit_subject
+from facegs.train.backgrounds import (
+    BackgroundConfig,
+    BackgroundSampler,
+    composite,
+    image_background,
+    list_background_images,
+    procedural_background,
+)
+from facegs.train.shard_batches import ShardTrainTransform
 
 
 def with_alpha(s: Sample) -> Sample:
@@ -164,7 +173,7 @@ def _decoded(s: Sample, alpha: bool = True) -> dict:
 
 def _pixels(out: dict) -> np.ndarray:
     """Undo ImageNet normalisation: [S, S, 3] float in [0, 255]."""
-    from facegs.parsing.normalize import IMAGENET_MEAN, IMAGENET_STD
+    from facegs.parser.normalize import IMAGENET_MEAN, IMAGENET_STD
 
     img = out["image"].numpy().transpose(1, 2, 0)
     return (img * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN)) * 255.0
@@ -236,8 +245,8 @@ def test_stream_selects_by_absolute_yaw(posed):
 
 
 def test_finetune_driver_keeps_shards_that_can_hold_the_yaw_range(posed, tmp_path):
-    from facegs.parsing.bisenet import BiSeNet
-    from facegs.parsing.checkpoint import save_parser
+    from facegs.parser.bisenet import BiSeNet
+    from facegs.parser.checkpoint import save_parser
     from ray_jobs.finetune import FinetuneConfig, _shards_in_yaw_range, prepare
 
     table = read_manifest(str(posed))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from facegs.errors import InputError
-from facegs.labels import LabelSet, get_label_set
-from facegs.parsing.bisenet import BiSeNet, count_trainable_parameters, expected_state_shapes
-from facegs.parsing.checkpoint import (
+from facegs.core.errors import InputError
+from facegs.core.labels import LabelSet, get_label_set
+from facegs.parser.bisenet import BiSeNet, count_trainable_parameters, expected_state_shapes
+from facegs.parser.checkpoint import (
     MISSING_LOGIT,
     CheckpointMismatchError,
     ParserModel,
@@ -22,7 +22,7 @@ from facegs.parsing.checkpoint import (
     save_parser,
     to_canonical_logits,
 )
-from facegs.parsing.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_rgb
+from facegs.parser.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_rgb
 
 # torch.jit (TorchScript) is deprecated upstream but remains the portable export format here
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")

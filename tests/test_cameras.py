@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from facegs import cameras as C
+from facegs.core import cameras as C
 
 
 def random_pose(rng):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from facegs.cameras import head_pose_to_w2c
-from facegs.cleanup import CleanupConfig, clean_labels, projected_left_axis, to_probabilities
-from facegs.labels import get_label_set
+from facegs.core.cameras import head_pose_to_w2c
+from facegs.core.labels import get_label_set
+from facegs.render.cleanup import CleanupConfig, clean_labels, projected_left_axis, to_probabilities
 
 LS = get_label_set("celebamask19")
 I = {n: i for i, n in enumerate(LS.classes)}  # noqa: E741

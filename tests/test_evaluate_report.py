@@ -1,4 +1,4 @@
-"""ray_jobs.evaluate and facegs.parsing.report: synthetic grid test set, checkpoints compared by pose,
+"""ray_jobs.evaluate and facegs.evaluate.report: synthetic grid test set, checkpoints compared by pose,
 metrics.json / report.md / plots / rating contact sheet, and flat CelebAMask-HQ-style sets."""
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from facegs.imageio import read_labels, write_labels
-from facegs.labels import CANONICAL, get_label_set, remap
-from facegs.parsing.bisenet import BiSeNet
-from facegs.parsing.checkpoint import save_parser
-from facegs.parsing import report as R
+from facegs.core.imageio import read_labels, write_labels
+from facegs.core.labels import CANONICAL, get_label_set, remap
+from facegs.evaluate.compare import evaluate_checkpoints
+from facegs.evaluate.tables import summary_table
+from facegs.evaluate.testsets import load_test_items, make_test_set, read_canonical_labels
+from facegs.parser.bisenet import BiSeNet
+from facegs.parser.checkpoint import save_parser
 from ray_jobs.evaluate import main
 
 torch.set_num_threads(1)
@@ -91,7 +93,7 @@ def test_outputs_and_metrics_json(env):
     assert d["overall"]["pixel_acc"] != 0.0
     assert doc["extreme"]["base"]["lo"] == 60 and doc["extreme"]["base"]["n_images"] == 4
     # the stored states rebuild the evaluators
-    from facegs.metrics import PoseBinnedEvaluator
+    from facegs.evaluate.metrics import PoseBinnedEvaluator
 
     ev = PoseBinnedEvaluator.from_state_dict(doc["states"]["other"])
     assert ev.summary()["overall"]["miou"] == pytest.approx(so["overall"]["miou"])
@@ -107,10 +109,10 @@ def test_report_md(env):
     assert "Class-group F1" in md and re.search(r"\|\s+eyes\s+\|\s+brows\s+\|\s+nose\s+\|\s+mouth\s+\|\s+ears\s+\|"
                                                 r"\s+skin\s+\|\s+hair\s+\|", md)
     assert "contact_sheet.html" in md and "f1_vs_yaw.png" in md
-    table = R.summary_table(R.evaluate_checkpoints({"base": env["ck"]["base"]},
-                                                   R.load_test_items(env["test"])[:2], progress=False))
+    table = summary_table(evaluate_checkpoints({"base": env["ck"]["base"]},
+                                                   load_test_items(env["test"])[:2], progress=False))
     assert table.startswith("Mean F1") and len(table.splitlines()) < 30
-    res = R.evaluate_checkpoints({"b": env["ck"]["base"]}, R.load_test_items(env["test"])[:2], flip_tta=True,
+    res = evaluate_checkpoints({"b": env["ck"]["base"]}, load_test_items(env["test"])[:2], flip_tta=True,
                                  progress=False)
     assert res.flip_tta and res["b"].summary()["overall"]["n_images"] == 2 and len(res.per_view["b"]) == 2
 
@@ -140,9 +142,9 @@ def test_flat_celebamask_hq_dir(env, tmp_path, capsys):
     (flat / "labels").mkdir()
     write_labels(flat / "labels" / "hand.png", hand, "celebamask_hq")
     shutil.copy(next((env["test"] / "test_0000" / "images").iterdir()), flat / "images" / "hand.png")
-    it = [i for i in R.load_test_items(flat, label_set="celebamask_hq") if i.view_id == "hand"][0]
+    it = [i for i in load_test_items(flat, label_set="celebamask_hq") if i.view_id == "hand"][0]
     assert it.label_set == "celebamask_hq" and math.isnan(it.yaw)
-    got = R.read_canonical_labels(it)[0].tolist()
+    got = read_canonical_labels(it)[0].tolist()
     assert got == [canon.index(n) for n in names]
     assert hq.index("nose") != canon.index("nose")  # the remap is not the identity
     (flat / "labels" / "hand.png").unlink()
@@ -172,7 +174,7 @@ def test_flat_celebamask_hq_dir(env, tmp_path, capsys):
 
     # poses.csv gives poses to a flat set
     (flat / "poses.csv").write_text("name,yaw,pitch\ntest_0000_cam_000.png,-80,5\ntest_0000_cam_001,-40.5,0\n")
-    items = {i.view_id: i for i in R.load_test_items(flat, "celebamask_hq")}
+    items = {i.view_id: i for i in load_test_items(flat, "celebamask_hq")}
     assert (items["test_0000_cam_000"].yaw, items["test_0000_cam_001"].yaw) == (-80.0, -40.5)
     assert math.isnan(items["test_0001_cam_000"].yaw)
 
@@ -205,8 +207,8 @@ def test_errors(env, tmp_path, capsys):
 def test_make_test_set_resume_and_mismatch(env):
     test = env["test"]
     before = (test / "test_0000" / "subject.json").stat().st_mtime_ns
-    dirs = R.make_test_set(test, 2, seed=3, res=64, yaws=YAWS, pitches=[0], background="plain")
+    dirs = make_test_set(test, 2, seed=3, res=64, yaws=YAWS, pitches=[0], background="plain")
     assert [d.name for d in dirs] == ["test_0000", "test_0001"]
     assert (test / "test_0000" / "subject.json").stat().st_mtime_ns == before  # kept, not re-rendered
     with pytest.raises(ValueError, match="other settings"):
-        R.make_test_set(test, 2, seed=4, res=64, yaws=YAWS, pitches=[0], background="plain")
+        make_test_set(test, 2, seed=4, res=64, yaws=YAWS, pitches=[0], background="plain")

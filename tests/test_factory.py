@@ -15,9 +15,13 @@ from pathlib import Path
 import pytest
 from s3_server import S3Env, s3_fs, s3_server  # noqa: F401  (pytest fixtures)
 
-from facegs.cli import main as facegs_main
-from facegs.factory import FactoryConfig, complete_subjects, config_hash, finalize, list_subject_urls, process_subject
-from facegs.shards import find_orphans, list_committed, read_manifest
+from facegs.cli.app import main as facegs_main
+from facegs.factory.config import FactoryConfig, config_hash
+from facegs.factory.markers import complete_subjects, finalize
+from facegs.factory.process import process_subject
+from facegs.factory.sources import list_subject_urls
+from facegs.shards.manifest import read_manifest
+from facegs.shards.scan import find_orphans, list_committed
 from facegs.synth.generate import generate_subject
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,14 +84,14 @@ def test_config_rejects_bad_values():
     a, b = FactoryConfig(), FactoryConfig(n_renders=31)
     assert config_hash(a) != config_hash(b) and config_hash(a) == config_hash(FactoryConfig())
     assert config_hash(FactoryConfig(store_alpha=False)) != config_hash(a)  # other shard members
-    import facegs.fit
+    import facegs.fit.config
 
     h0 = config_hash(a)
-    facegs.fit.PRESETS["cpu_demo"] = {**facegs.fit.PRESETS["cpu_demo"], "steps": 599}
+    facegs.fit.config.PRESETS["cpu_demo"] = {**facegs.fit.config.PRESETS["cpu_demo"], "steps": 599}
     try:  # a changed library default (not in the factory config itself) is a new config
         assert config_hash(FactoryConfig()) != h0
     finally:
-        facegs.fit.PRESETS["cpu_demo"] = {**facegs.fit.PRESETS["cpu_demo"], "steps": 600}
+        facegs.fit.config.PRESETS["cpu_demo"] = {**facegs.fit.config.PRESETS["cpu_demo"], "steps": 600}
     assert config_hash(FactoryConfig()) == h0
     p = FactoryConfig(labels="parser:/x/base.pt")
     assert config_hash(p, "aa" * 32) != config_hash(p, "bb" * 32)  # other weights, other config
@@ -183,7 +187,7 @@ def test_process_subject_leaves_the_capture_untouched(subjects, small_ds):
 def test_renders_carry_their_alpha(small_ds):
     """Each render has alpha.png: the subject's coverage; the RGB is premultiplied over black, and
     what cleanup made background is (nearly) uncovered."""
-    from facegs.stream import ShardDataset
+    from facegs.shards.stream import ShardDataset
 
     samples = list(ShardDataset(str(small_ds)))
     assert samples and all(s["alpha"] is not None for s in samples)
@@ -261,11 +265,12 @@ def test_capture_samples_round_trip(subjects, tmp_path):
     """Capture views as samples (the raw-views baseline): labels and poses survive the shards."""
     import numpy as np
 
-    from facegs.factory import capture_samples
-    from facegs.imageio import read_labels
-    from facegs.manifest import load_manifest
-    from facegs.shards import commit_subject, merge_manifest
-    from facegs.stream import ShardDataset
+    from facegs.core.imageio import read_labels
+    from facegs.core.manifest import load_manifest
+    from facegs.factory.capture import capture_samples
+    from facegs.shards.manifest import merge_manifest
+    from facegs.shards.stream import ShardDataset
+    from facegs.shards.writer import commit_subject
 
     m = load_manifest(subjects / "g0")
     commit_subject(capture_samples(m, "0123abcd", label_field="gt_labels", rgb_format="png"), str(tmp_path / "ds"),

@@ -14,18 +14,20 @@ import torch
 from test_parser_training import write_subject
 from torch.utils.data import DataLoader
 
-from facegs import cameras as C
-from facegs.errors import InputError
-from facegs.imageio import write_labels, write_rgb
-from facegs.labels import IGNORE_INDEX, get_label_set, mapping_lut
-from facegs.parsing.augment import AugmentConfig, augment
-from facegs.parsing.bisenet import BiSeNet
-from facegs.parsing.checkpoint import load_parser, save_parser
-from facegs.parsing.shard_training import (MixedIterable, ShardTrainTransform, batches_per_epoch, collate_train,
-                                           load_labelled_item, make_train_loader, mix_positions, scan_labelled_dir)
-from facegs.shard_schema import sample_key
-from facegs.shards import Sample, commit_subject, merge_manifest, read_manifest
-from facegs.stream import ShardDataset
+from facegs.core import cameras as C
+from facegs.core.errors import InputError
+from facegs.core.imageio import write_labels, write_rgb
+from facegs.core.labels import IGNORE_INDEX, get_label_set, mapping_lut
+from facegs.parser.bisenet import BiSeNet
+from facegs.parser.checkpoint import load_parser, save_parser
+from facegs.shards.encode import Sample
+from facegs.shards.manifest import merge_manifest, read_manifest
+from facegs.shards.schema import sample_key
+from facegs.shards.stream import ShardDataset
+from facegs.shards.writer import commit_subject
+from facegs.train.augment import AugmentConfig, augment
+from facegs.train.mixing import MixedIterable, load_labelled_item, mix_positions, scan_labelled_dir
+from facegs.train.shard_batches import ShardTrainTransform, batches_per_epoch, collate_train, make_train_loader
 
 torch.set_num_threads(1)
 CANON = get_label_set()
@@ -252,7 +254,7 @@ def _cfg(shards, init_ckpt, tmp_path, **kw) -> dict:
 
 
 def test_bad_arguments_fail_clearly(shards, init_ckpt, tmp_path, hq_dir, capsys):
-    from ray_jobs.finetune import main, prepare, FinetuneConfig
+    from ray_jobs.finetune import FinetuneConfig, main, prepare
 
     def prep(**kw):
         return prepare(FinetuneConfig.from_any({**_cfg(shards, init_ckpt, tmp_path), **kw}))

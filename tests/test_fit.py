@@ -1,7 +1,7 @@
-"""facegs.fit and facegs.losses3d on a tiny synthetic subject (32 px, a few views, few steps).
+"""facegs.fit and facegs.fit.losses on a tiny synthetic subject (32 px, a few views, few steps).
 
 The subject is rendered from a known Gaussian "head" (an ellipsoidal shell with three classes:
-hair on top, nose in front, skin elsewhere) with facegs.render; input labels are the ground truth
+hair on top, nose in front, skin elsewhere) with facegs.splat.rasterize; input labels are the ground truth
 with a fraction of pixels set to random classes (the Semantic-NeRF noise protocol).
 """
 
@@ -12,17 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from facegs import cameras as C
-from facegs import losses3d as L
-from facegs.fit import (
-    CappedDefaultStrategy, FitConfig, fit_config, fit_step, fit_subject, fit_views, init_scene, load_view_data,
-    make_optimizers, make_strategy, new_fit_state, render, scene_scale,
-)  # fmt: skip
-from facegs.imageio import write_confidence, write_labels, write_mask, write_rgb
-from facegs.init_points import InitConfig
-from facegs.manifest import SubjectManifest, View, load_manifest, save_manifest
-from facegs.render import rasterize
-from facegs.scene import activated, colors_and_logits, make_params
+from facegs.core import cameras as C
+from facegs.core.imageio import write_confidence, write_labels, write_mask, write_rgb
+from facegs.core.manifest import SubjectManifest, View, load_manifest, save_manifest
+from facegs.fit.config import FitConfig, InitConfig, fit_config
+from facegs.fit.data import load_view_data, scene_scale
+from facegs.fit.densify import CappedDefaultStrategy, make_strategy
+from facegs.fit.init import init_scene
+from facegs.fit.loop import fit_step, fit_subject, fit_views, make_optimizers, new_fit_state
+from facegs.fit.losses import consensus_inlier_weight, label_nll, ssim, update_inlier_prior
+from facegs.splat.rasterize import rasterize
+from facegs.splat.render import background_label_vector, label_colors, label_probs, render_rgb_labels
+from facegs.splat.scene import activated, colors_and_logits, make_params
 
 SIZE = 32
 HEAD = (0.08, 0.11, 0.09)
@@ -114,13 +115,13 @@ def _ssim_3dgs(a, b, size=11, sigma=1.5):
 def test_ssim_matches_3dgs_and_decreases_with_noise():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 24, 20, 3, generator=g)
-    assert float(L.ssim(x, x)) == pytest.approx(1.0, abs=1e-5)
+    assert float(ssim(x, x)) == pytest.approx(1.0, abs=1e-5)
     noise = torch.rand(x.shape, generator=g)
-    vals = [float(L.ssim(x, (x + a * noise).clamp(0, 1))) for a in (0.1, 0.3, 0.6)]
+    vals = [float(ssim(x, (x + a * noise).clamp(0, 1))) for a in (0.1, 0.3, 0.6)]
     assert vals[0] > vals[1] > vals[2]
     y = (x + 0.3 * noise).clamp(0, 1)
     ref = _ssim_3dgs(x.permute(0, 3, 1, 2), y.permute(0, 3, 1, 2))
-    assert float(L.ssim(x, y)) == pytest.approx(float(ref), abs=1e-5)
+    assert float(ssim(x, y)) == pytest.approx(float(ref), abs=1e-5)
 
 
 def test_consensus_down_weights_labels_that_a_confident_consensus_contradicts():
@@ -129,12 +130,12 @@ def test_consensus_down_weights_labels_that_a_confident_consensus_contradicts():
     probs[0, 0, :, 1] = 0.999  # a confident consensus says class 1 everywhere
     probs[0, 0, 3] = 1.0 / K  # ...except pixel 3 where it is unsure
     labels = torch.tensor([[[1, 2, 255, 2]]])  # agree, disagree, ignored, disagree-but-unsure
-    r = L.consensus_inlier_weight(probs, labels, 0.9)[0, 0]
+    r = consensus_inlier_weight(probs, labels, 0.9)[0, 0]
     p_wrong = 0.001 / (K - 1)
     assert float(r[1]) == pytest.approx(0.9 * p_wrong / (0.9 * p_wrong + 0.1 / K), rel=1e-4)
     assert r[0] > 0.99 and r[1] < 0.01 and r[2] == 0 and r[3] == pytest.approx(0.9, abs=1e-6)
     # M-step: the per-view inlier prior falls when many labels are outliers
-    pi = L.update_inlier_prior(torch.tensor([0.9]), r[None, None], (labels != 255), momentum=0.0)
+    pi = update_inlier_prior(torch.tensor([0.9]), r[None, None], (labels != 255), momentum=0.0)
     assert float(pi) == pytest.approx(float((r[0] + r[1] + r[3]) / 3), abs=1e-6)
 
 
@@ -142,12 +143,12 @@ def test_consensus_down_weights_labels_that_a_confident_consensus_contradicts():
 def test_label_probs_are_distributions(mode):
     g = torch.Generator().manual_seed(0)
     alpha = torch.rand(2, 3, 3, 1, generator=g)
-    per_g = L.label_colors(torch.randn(5, 19, generator=g), mode)
+    per_g = label_colors(torch.randn(5, 19, generator=g), mode)
     w = torch.rand(2, 3, 3, 5, generator=g)
     w = w / w.sum(-1, keepdim=True) * alpha  # blend weights summing to alpha
-    bg = L.label_background(19, mode, 0)
+    bg = background_label_vector(19, mode, 0)
     rendered = w @ per_g + (1 - alpha) * bg
-    p = L.label_probs(rendered, alpha, mode, 0)
+    p = label_probs(rendered, alpha, mode, 0)
     assert torch.allclose(p.sum(-1), torch.ones(2, 3, 3), atol=1e-5) and (p >= 0).all()
 
 
@@ -177,10 +178,10 @@ def test_label_loss_gives_no_gradient_to_geometry_when_disabled(subject, mode):
         for p in params.values():
             p.grad = None
         bg = torch.rand(2, 3, generator=torch.Generator().manual_seed(0))
-        rgb, lab, alpha, meta = render(params, data.viewmats, data.Ks, data.width, data.height, bg, sh_degree=0,
+        rgb, lab, alpha, meta = render_rgb_labels(params, data.viewmats, data.Ks, data.width, data.height, bg, sh_degree=0,
                                        label_mode=mode, label_grad_to_geometry=g2g, backend="torch")
         meta["means2d"].retain_grad()
-        nll = L.label_nll(lab, alpha, data.labels, mode, 0)
+        nll = label_nll(lab, alpha, data.labels, mode, 0)
         nll.mean().backward()
         grads[g2g] = {k: (None if p.grad is None else p.grad.clone()) for k, p in params.items()}
         grads[g2g]["means2d"] = meta["means2d"].grad

@@ -1,16 +1,12 @@
 import numpy as np
 import pytest
 
-from facegs.cameras import rotation_angle_deg
-from facegs.headframe import (
-    TEMPLATE,
-    HeadFrameError,
-    backproject_depth,
-    estimate_head_frame,
-    frame_errors,
-    umeyama,
-)
-from facegs.labels import get_label_set, mapping_lut
+from facegs.core.cameras import rotation_angle_deg
+from facegs.core.labels import get_label_set, mapping_lut
+from facegs.headframe.calibrate import backproject_depth
+from facegs.headframe.estimate import estimate_head_frame, umeyama
+from facegs.headframe.frame import HeadFrameError, frame_errors
+from facegs.headframe.template import TEMPLATE
 
 LS = get_label_set("celebamask19")
 I = {n: i for i, n in enumerate(LS.classes)}  # noqa: E741
@@ -204,7 +200,7 @@ def _regauge(points, T, rng):
 @pytest.mark.slow
 @pytest.mark.parametrize("noise", [0.0, 0.3])
 def test_synthetic_subjects_frame_within_3_degrees(synth_subjects, noise):
-    from facegs.headframe import labelled_points_from_views
+    from facegs.headframe.calibrate import labelled_points_from_views
 
     rng = np.random.default_rng(11)
     for m in synth_subjects:
@@ -223,7 +219,7 @@ def test_synthetic_subjects_frame_within_3_degrees(synth_subjects, noise):
 
 @pytest.mark.slow
 def test_synthetic_subject_with_mirrored_labels(synth_subjects):
-    from facegs.headframe import labelled_points_from_views
+    from facegs.headframe.calibrate import labelled_points_from_views
 
     m = synth_subjects[0]
     pts, probs = labelled_points_from_views(m, "gt_labels", stride=1)
@@ -235,8 +231,9 @@ def test_synthetic_subject_with_mirrored_labels(synth_subjects):
 def test_head_frame_from_cameras_is_the_rig_prior():
     """Cameras of the facescape rig around the rig centre: origin at the centre, forward towards the
     cameras' mean position, up = image up, +x = the subject's left (a yaw +90 camera's side)."""
-    from facegs.cameras import head_pose_to_w2c
-    from facegs.headframe import HeadFrameError, head_frame_from_cameras
+    from facegs.core.cameras import head_pose_to_w2c
+    from facegs.headframe.frame import HeadFrameError
+    from facegs.headframe.priors import head_frame_from_cameras
     from facegs.synth.rigs import RIG_CENTER, get_rig
 
     views = get_rig("facescape", 64, 64)

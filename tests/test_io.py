@@ -16,19 +16,19 @@ from fixtures_io import (
     undistorted,
     write_colmap,
     write_facescape,
-    write_nersemble,
     write_nerfstudio,
+    write_nersemble,
 )
 
-from facegs.errors import InputError
-from facegs.imageio import read_rgb, write_rgb
-from facegs.io import available_formats, ingest
-from facegs.io.colmap import camera_to_opencv
-from facegs.io.common import apply_color_matrix
-from facegs.io.compare import umeyama
-from facegs.io.nerfstudio import gl_c2w_to_cv_w2c
-from facegs.manifest import load_manifest
-from facegs.validate import validate_subject
+from facegs.core.errors import InputError
+from facegs.core.imageio import read_rgb, write_rgb
+from facegs.core.manifest import load_manifest
+from facegs.ingest import available_formats, ingest
+from facegs.ingest.colmap import camera_to_opencv
+from facegs.ingest.common import apply_color_matrix
+from facegs.ingest.compare import umeyama
+from facegs.ingest.nerfstudio import gl_c2w_to_cv_w2c
+from facegs.ingest.validate import validate_subject
 
 
 def _check_cameras(m, cams, ids=None):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from facegs import labels as L
+from facegs.core import labels as L
 
 
 def test_canonical_order_matches_bisenet():

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from facegs.parsing import losses as L
+from facegs.train import losses as L
 
 IGN = 255
 

@@ -4,10 +4,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from facegs import cameras as C
-from facegs.errors import InputError
-from facegs.fsutil import atomic_directory
-from facegs.manifest import VIEW_ARROW_SCHEMA, SubjectManifest, View, load_manifest, save_manifest
+from facegs.core import cameras as C
+from facegs.core.errors import InputError
+from facegs.core.manifest import VIEW_ARROW_SCHEMA, SubjectManifest, View, load_manifest, save_manifest
+from facegs.core.storage import atomic_directory
 
 
 def make_manifest(root, n=3):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from facegs.labels import get_label_set
-from facegs.metrics import ConfusionMatrix, PoseBinnedEvaluator, component_counts, summary_to_markdown
-from facegs.report_plots import plot_f1_vs_yaw
+from facegs.core.labels import get_label_set
+from facegs.evaluate.metrics import ConfusionMatrix, PoseBinnedEvaluator, component_counts, summary_to_markdown
+from facegs.evaluate.plots import plot_f1_vs_yaw
 
 IGN = 255
 # Hand-made 3-class example (rows GT, columns prediction):

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from facegs import cameras as C
-from facegs.imageio import write_labels, write_rgb
-from facegs.labels import IGNORE_INDEX, get_label_set
-from facegs.manifest import SubjectManifest, View, save_manifest
-from facegs.parsing.augment import AugmentConfig, augment, hflip, random_affine
-from facegs.parsing.bisenet import BiSeNet
-from facegs.parsing.data import ParsingDataset, collect_views
-from facegs.parsing.losses import ParserLossConfig
-from facegs.parsing.train import TrainConfig, infinite_batches, poly_lr, train_loop
+from facegs.core import cameras as C
+from facegs.core.imageio import write_labels, write_rgb
+from facegs.core.labels import IGNORE_INDEX, get_label_set
+from facegs.core.manifest import SubjectManifest, View, save_manifest
+from facegs.parser.bisenet import BiSeNet
+from facegs.train.augment import AugmentConfig, augment, hflip, random_affine
+from facegs.train.data import ParsingDataset, collect_views
+from facegs.train.loop import TrainConfig, infinite_batches, poly_lr, train_loop
+from facegs.train.losses import ParserLossConfig
 
 CANON = get_label_set()
 
@@ -118,7 +118,7 @@ class PositionAwareParser:
 
 
 def test_flip_tta_swaps_left_and_right_back():
-    from facegs.parsing.label_views import predict_probs
+    from facegs.parser.predict import predict_probs
 
     rgb, lab = blob_image(np.random.default_rng(4))
     rgb[lab == CANON.index("r_eye")] = CANON.palette[CANON.index("l_eye")]  # both eyes look alike
@@ -131,10 +131,10 @@ def test_flip_tta_swaps_left_and_right_back():
 
 
 def test_label_cli_with_a_parser_checkpoint(tmp_path):
-    from facegs.cli import main as facegs_main
-    from facegs.imageio import read_confidence, read_labels
-    from facegs.manifest import load_manifest
-    from facegs.parsing.checkpoint import save_parser
+    from facegs.cli.app import main as facegs_main
+    from facegs.core.imageio import read_confidence, read_labels
+    from facegs.core.manifest import load_manifest
+    from facegs.parser.checkpoint import save_parser
 
     write_subject(tmp_path / "s0", "s0", np.random.default_rng(0), n=3)
     ckpt = tmp_path / "p.pt"
@@ -160,7 +160,7 @@ class PaletteParser:
 
 
 def test_evaluate_parser_scores_and_bins_every_view(tmp_path):
-    from facegs.parsing.evaluate import evaluate_parser
+    from facegs.evaluate.parser import evaluate_parser
 
     write_subject(tmp_path / "s0", "s0", np.random.default_rng(0), n=6)
     s = evaluate_parser(PaletteParser(), collect_views([tmp_path]), batch_size=4, progress=False).summary()

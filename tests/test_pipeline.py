@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from facegs.parsing.bisenet import BiSeNet
-from facegs.parsing.checkpoint import load_parser, save_parser
+from facegs.parser.bisenet import BiSeNet
+from facegs.parser.checkpoint import load_parser, save_parser
 from facegs.synth.generate import generate_subject
-
 
 # the test preset skips the fit's final evaluation; turn it on for the label-quality numbers
 FACTORY_ARGS = "--factory-args=--no-progress --fit-overrides '{\"eval_at_end\": true}'"

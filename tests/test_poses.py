@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from facegs import cameras as C
-from facegs.manifest import SubjectManifest, View
-from facegs.poses import cameras_for_poses, match_capture_intrinsics, sample_poses, yaw_pitch_grid
+from facegs.core import cameras as C
+from facegs.core.manifest import SubjectManifest, View
+from facegs.render.poses import cameras_for_poses, match_capture_intrinsics, sample_poses, yaw_pitch_grid
 
 
 def random_pose(rng):

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from facegs.factory import complete_subjects
-from facegs.shards import find_orphans, read_manifest
+from facegs.factory.markers import complete_subjects
+from facegs.shards.manifest import read_manifest
+from facegs.shards.scan import find_orphans
 from facegs.synth.generate import generate_subject
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from facegs.cli import main as facegs_main
-from facegs.imageio import read_labels, read_mask
-from facegs.manifest import load_manifest
+from facegs.cli.app import main as facegs_main
+from facegs.core.imageio import read_labels, read_mask
+from facegs.core.manifest import load_manifest
+from facegs.ingest.validate import validate_subject
 from facegs.synth.generate import generate_subject
-from facegs.validate import validate_subject
 
 
 @pytest.fixture(scope="module")

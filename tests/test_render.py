@@ -24,10 +24,10 @@ import sys
 import pytest
 import torch
 
-from facegs.render import rasterize, resolve_backend
-from facegs.render.projection import project_gaussians
-from facegs.render.reference import reference_rasterize
-from facegs.render.torch_backend import (
+from facegs.splat.projection import project_gaussians
+from facegs.splat.rasterize import rasterize, resolve_backend
+from facegs.splat.reference import reference_rasterize
+from facegs.splat.torch_backend import (
     isect_offset_encode,
     isect_tiles,
     rasterize_to_pixels,
@@ -459,7 +459,7 @@ def test_auto_backend_on_cpu_is_torch_and_rejects_unknown():
 
 
 def test_import_does_not_import_gsplat():
-    code = "import sys, facegs.render; assert 'gsplat' not in sys.modules"
+    code = "import sys, facegs.splat.rasterize; assert 'gsplat' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

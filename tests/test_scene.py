@@ -1,4 +1,4 @@
-"""facegs.scene (parameters, SH colour, PLY / tensor files) and facegs.init_points."""
+"""facegs.scene (parameters, SH colour, PLY / tensor files) and facegs.fit.init."""
 
 import math
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from facegs import cameras as C
-from facegs import init_points as I
-from facegs import scene as S
+from facegs.core import cameras as C
+from facegs.fit.config import InitConfig
+from facegs.fit.init import common_volume, initial_points, load_points3d, params_from_points
+from facegs.splat import scene as S
 
 
 def random_params(n=50, sh_degree=3, num_classes=19, seed=0):
@@ -41,7 +42,7 @@ def test_make_params_shapes_and_activation():
 
 
 def test_sh_colors_match_the_rasterizers_sh_path():
-    from facegs.render.torch_backend import prepare_colors
+    from facegs.splat.torch_backend import prepare_colors
 
     p = random_params(n=40, sh_degree=3)
     vm = torch.stack([torch.tensor(C.look_at(np.array([2.0, 0.5, 3.0]), np.zeros(3)), dtype=torch.float32),
@@ -145,19 +146,19 @@ def sphere_rig(n_views=12, size=32):
 
 def test_common_volume_contains_the_target():
     images, Ks, w2cs, fg = sphere_rig()
-    center, half = I.common_volume(Ks, w2cs, [(32, 32)] * len(Ks))
+    center, half = common_volume(Ks, w2cs, [(32, 32)] * len(Ks))
     assert np.linalg.norm(center) < 1e-6 and RADIUS < half < 0.6
 
 
 def test_init_by_carving_puts_points_on_the_head():
     images, Ks, w2cs, fg = sphere_rig()
-    cfg = I.InitConfig(num_points=500, grid_res=40, seed=3)
-    xyz, rgb, src = I.initial_points(images, Ks, w2cs, cfg, fg=fg)
+    cfg = InitConfig(num_points=500, grid_res=40, seed=3)
+    xyz, rgb, src = initial_points(images, Ks, w2cs, cfg, fg=fg)
     r = np.linalg.norm(xyz, axis=1)
     assert src == "carve" and xyz.shape == (500, 3)
     assert r.max() < RADIUS * 1.25 and np.median(r) > RADIUS * 0.8  # on the hull's surface
     assert np.allclose(rgb, [0.8, 0.4, 0.2], atol=1e-6)
-    xyz2, _, _ = I.initial_points(images, Ks, w2cs, cfg, fg=fg)
+    xyz2, _, _ = initial_points(images, Ks, w2cs, cfg, fg=fg)
     assert np.array_equal(xyz, xyz2)  # deterministic
 
 
@@ -165,26 +166,26 @@ def test_init_from_points_and_uniform():
     images, Ks, w2cs, fg = sphere_rig()
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(3000, 3)) * 0.03
-    xyz, rgb, src = I.initial_points(images, Ks, w2cs, I.InitConfig(num_points=1000), points=(pts, None))
+    xyz, rgb, src = initial_points(images, Ks, w2cs, InitConfig(num_points=1000), points=(pts, None))
     assert src == "points" and xyz.shape == (1000, 3) and np.abs(xyz).max() < 0.2
     assert np.allclose(rgb, [0.8, 0.4, 0.2], atol=1e-6)  # colours from the images when none given
-    xyz, _, src = I.initial_points(images, Ks, w2cs, I.InitConfig(num_points=400))
-    center, half = I.common_volume(Ks, w2cs, [(32, 32)] * len(Ks))
+    xyz, _, src = initial_points(images, Ks, w2cs, InitConfig(num_points=400))
+    center, half = common_volume(Ks, w2cs, [(32, 32)] * len(Ks))
     assert src == "uniform" and np.abs(xyz - center).max() <= half + 1e-6
 
 
 def test_init_from_manifest_points3d(tmp_path):
-    from facegs.manifest import SubjectManifest
+    from facegs.core.manifest import SubjectManifest
 
     np.savez(tmp_path / "pts.npz", xyz=np.zeros((4, 3)) + [0, 0, 1], rgb=np.full((4, 3), 255, np.uint8))
     m = SubjectManifest(subject_id="s", label_set="celebamask19", views=(), points3d="pts.npz", root=tmp_path)
-    xyz, rgb = I.load_points3d(m)
+    xyz, rgb = load_points3d(m)
     assert xyz.shape == (4, 3) and np.allclose(rgb, 1.0)
 
 
 def test_params_from_points_uses_knn_scales():
     xyz = np.stack(np.meshgrid(*[np.arange(5) * 0.01] * 3, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
-    p = I.params_from_points(xyz, np.full_like(xyz, 0.5), I.InitConfig(), sh_degree=1)
+    p = params_from_points(xyz, np.full_like(xyz, 0.5), InitConfig(), sh_degree=1)
     s = torch.exp(p["scales"])
     assert torch.allclose(s[62], torch.full((3,), 0.01), rtol=1e-4)  # interior grid point: 3 NN at 1 cm
     assert torch.allclose(torch.sigmoid(p["opacities"]), torch.full((125,), 0.1))

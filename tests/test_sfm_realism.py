@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from fixtures_io import write_textured_scene_subject
 
-from facegs.errors import InputError
-from facegs.imageio import write_rgb
-from facegs.io import ingest
-from facegs.io.compare import sfm_cross_check
-from facegs.validate import validate_subject
+from facegs.core.errors import InputError
+from facegs.core.imageio import write_rgb
+from facegs.ingest import ingest
+from facegs.ingest.compare import sfm_cross_check
+from facegs.ingest.validate import validate_subject
 
 pytestmark = pytest.mark.slow
 

@@ -1,10 +1,15 @@
 import numpy as np
 import pytest
 
-from facegs import cameras as C
-from facegs.errors import InputError
-from facegs.shard_schema import (SHARD_MANIFEST_SCHEMA, check_sample_meta, pose_histogram, sample_key,
-                                 shard_record_table)
+from facegs.core import cameras as C
+from facegs.core.errors import InputError
+from facegs.shards.schema import (
+    SHARD_MANIFEST_SCHEMA,
+    check_sample_meta,
+    pose_histogram,
+    sample_key,
+    shard_record_table,
+)
 
 
 def meta(**kw):

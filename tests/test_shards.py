@@ -17,12 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 from s3_server import S3Env, s3_fs, s3_server  # noqa: F401  (pytest fixtures)
 
-from facegs import cameras as C
-from facegs.errors import InputError
-from facegs.shard_schema import SHARD_MANIFEST_SCHEMA, sample_key
-from facegs.shards import (Sample, canonical_json, cleanup_orphans, commit_subject, encode_sample, find_orphans,
-                           list_committed, member_order, merge_manifest, read_manifest, subject_records,
-                           write_shards)
+from facegs.core import cameras as C
+from facegs.core.errors import InputError
+from facegs.core.hashing import canonical_json
+from facegs.shards.encode import Sample, encode_sample, member_order
+from facegs.shards.manifest import merge_manifest, read_manifest
+from facegs.shards.scan import cleanup_orphans, find_orphans, list_committed, subject_records
+from facegs.shards.schema import SHARD_MANIFEST_SCHEMA, sample_key
+from facegs.shards.writer import commit_subject, write_shards
 
 H, W = 24, 32
 

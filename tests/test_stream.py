@@ -1,4 +1,4 @@
-"""facegs.stream: the same shards read by facegs.stream, webdataset, Ray Data and plain tarfile give
+"""facegs.stream: the same shards read by facegs.shards.stream, webdataset, Ray Data and plain tarfile give
 the same samples; splitting, resampling, shuffling, flips, remapping and unsafe tar members."""
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from s3_server import s3_fs, s3_server  # noqa: F401  (pytest fixtures)
 from test_shards import H, W, make_samples
 from torch.utils.data import DataLoader
 
-from facegs.errors import InputError
-from facegs.imageio import decode_label_png
-from facegs.labels import get_label_set, mapping_lut
-from facegs.shards import commit_subject, merge_manifest, read_manifest
-from facegs.stream import (ShardDataset, collate, decode_gray_png, decode_sample, group_by_key, hflip_meta,
-                           per_worker_count, shuffle, split_shards, to_tensor)
-from facegs.tarsafe import UnsafeTarMemberError, iter_tar_members
+from facegs.core.errors import InputError
+from facegs.core.imageio import decode_gray_png, decode_label_png
+from facegs.core.labels import get_label_set, mapping_lut
+from facegs.shards.manifest import merge_manifest, read_manifest
+from facegs.shards.stages import decode_sample, group_by_key, hflip_meta, per_worker_count, shuffle, split_shards
+from facegs.shards.stream import ShardDataset, collate, to_tensor
+from facegs.shards.tarsafe import UnsafeTarMemberError, iter_tar_members
+from facegs.shards.writer import commit_subject
 
 torch.set_num_threads(1)
 COUNTS = {"subjA": 5, "subjB": 3, "subjC": 7}  # maxcount 3 -> shards of 3, 2, 3, 3, 3, 1 samples

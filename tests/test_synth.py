@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from facegs.cameras import head_pose_to_w2c, w2c_to_head_pose
-from facegs.imageio import read_depth, read_labels, read_mask, read_rgb
-from facegs.labels import get_label_set
-from facegs.manifest import load_manifest
+from facegs.core.cameras import head_pose_to_w2c, w2c_to_head_pose
+from facegs.core.imageio import read_depth, read_labels, read_mask, read_rgb
+from facegs.core.labels import get_label_set
+from facegs.core.manifest import load_manifest
 from facegs.synth.generate import generate_subject, subject_seed
 from facegs.synth.head import C, build_head
 from facegs.synth.params import HeadParams, sample_head_params
-from facegs.synth.render import render_view, render_views
+from facegs.synth.raytrace import render_view, render_views
 from facegs.synth.rigs import RIG_CENTER, custom, get_rig, intrinsics_for_distance
 
 LS = get_label_set("celebamask19")
@@ -217,7 +217,7 @@ def test_world_background_is_fixed_in_the_world():
     views = custom([40.0, 55.0], [0.0, 0.0], width=res, height=res)
     outs = render_views(head, [(K, w, res, res) for _, K, w in views])
     # ray of pixel (2, 2) of view 0 hits the environment sphere at X; find X in view 1
-    from facegs.synth.render import ENV_RADIUS, camera_rays
+    from facegs.synth.raytrace import ENV_RADIUS, camera_rays
 
     o, d, _, _ = camera_rays(views[0][1], views[0][2], res, res)
     o, d = o.double().numpy()[2 * res + 2], d.double().numpy()[2 * res + 2]
@@ -315,7 +315,7 @@ def test_generate_subject_failure_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_cli_synth_and_contact_sheet(tmp_path, capsys):
-    from facegs.cli import main
+    from facegs.cli.app import main
 
     out = tmp_path / "ds"
     assert main(["synth", "--subjects", "2", "--rig", "nersemble", "--res", "64", "--seed", "3", "--out", str(out)]) == 0
@@ -342,7 +342,7 @@ def test_subject_seed_is_stable():
 
 
 def test_overlay_and_contact_sheet_api(tmp_path):
-    from facegs.viz import contact_sheet, overlay
+    from facegs.core.viz import contact_sheet, overlay
 
     rgb = np.full((8, 8, 3), 100, dtype=np.uint8)
     lab = np.zeros((8, 8), dtype=np.uint8)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from fixtures_io import edit_manifest, run_cli, write_subject
 
-from facegs.errors import InputError
-from facegs.imageio import write_labels, write_rgb
-from facegs.validate import ERROR, WARNING, Problem, load_subject, validate_subject, validate_tree
+from facegs.core.errors import InputError
+from facegs.core.imageio import write_labels, write_rgb
+from facegs.ingest.validate import ERROR, WARNING, Problem, load_subject, validate_subject, validate_tree
 
 
 def _errors(probs):

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from facegs.cli import main as facegs_main
-from facegs.parsing.bisenet import BiSeNet
-from facegs.parsing.checkpoint import load_parser, save_parser
-from facegs.parsing.report import evaluate_checkpoints, load_test_items
-from facegs.parsing.wise import choose_alpha, interpolate_parsers, interpolate_state_dicts, overall_mean_f1
+from facegs.cli.app import main as facegs_main
+from facegs.evaluate.compare import evaluate_checkpoints
+from facegs.evaluate.testsets import load_test_items
+from facegs.parser.bisenet import BiSeNet
+from facegs.parser.checkpoint import load_parser, save_parser
 from facegs.synth.generate import generate_subject
+from facegs.train.wise import choose_alpha, interpolate_parsers, interpolate_state_dicts, overall_mean_f1
 
 torch.set_num_threads(1)
 SIZE = 64

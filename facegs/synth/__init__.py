@@ -7,8 +7,8 @@ Modules (import them directly; this package imports nothing so that ``facegs --h
 - :mod:`facegs.synth.sdf`: signed-distance primitives and the labelled CSG scene (why SDFs).
 - :mod:`facegs.synth.head`: parameters -> labelled scene (:func:`~facegs.synth.head.build_head`).
 - :mod:`facegs.synth.texture`: solid procedural textures and the environment background.
-- :mod:`facegs.synth.render`: sphere tracing, shading; :func:`~facegs.synth.render.render_view`.
+- :mod:`facegs.synth.raytrace`: sphere tracing, shading; :func:`~facegs.synth.raytrace.render_view`.
 - :mod:`facegs.synth.rigs`: ``facescape`` / ``nersemble`` / ``custom`` camera rigs, :func:`~facegs.synth.rigs.get_rig`.
 - :mod:`facegs.synth.generate`: subject directories, :func:`~facegs.synth.generate.generate_subject`.
-- :mod:`facegs.synth.cli`: ``facegs synth`` and ``facegs contact-sheet``.
+- :mod:`facegs.cli.synth`: ``facegs synth`` and ``facegs contact-sheet``.
 """

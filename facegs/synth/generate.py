@@ -8,7 +8,7 @@ A subject directory (``OUT_DIR/SUBJECT_ID``) holds::
     gt_depth/cam_000.png       camera-z depth, 16-bit PNG in 0.1 mm units, 0 = background
     masks/cam_000.png          foreground mask (alpha > 0.5), 0/255
 
-It is written atomically (:func:`facegs.fsutil.atomic_directory`): after a failure nothing is left.
+It is written atomically (:func:`facegs.core.storage.atomic_directory`): after a failure nothing is left.
 Everything is deterministic in ``seed``; :func:`subject_seed` derives per-subject seeds from a
 master seed and an index (stable across platforms and versions: SHA-256, not Python's ``hash``).
 """
@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from facegs.cameras import w2c_to_head_pose
-from facegs.fsutil import atomic_directory
-from facegs.imageio import write_depth, write_labels, write_mask, write_rgb
-from facegs.manifest import SubjectManifest, View, save_manifest
+from facegs.core.cameras import w2c_to_head_pose
+from facegs.core.imageio import write_depth, write_labels, write_mask, write_rgb
+from facegs.core.manifest import SubjectManifest, View, save_manifest
+from facegs.core.storage import atomic_directory
 from facegs.synth.head import build_head
 from facegs.synth.params import HeadParams, sample_head_params
-from facegs.synth.render import BACKGROUNDS, TraceSettings, render_views
+from facegs.synth.raytrace import BACKGROUNDS, TraceSettings, render_views
 from facegs.synth.rigs import RIG_NAMES, RigView, get_rig
 
 GENERATOR_VERSION = 1

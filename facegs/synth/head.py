@@ -5,7 +5,7 @@ of the face; origin at the head centre) and scaled by ``params.scale`` in :class
 Landmarks of the base head: chin -0.115, mouth line -0.068, nose tip about -0.03, eyes +0.005,
 brows +0.025, front hairline about +0.085, crown +0.11, ears at x = +-0.078.
 
-Every primitive carries a celebamask19 class (see :mod:`facegs.labels`). Eyes, ears, nose and lips
+Every primitive carries a celebamask19 class (see :mod:`facegs.core.labels`). Eyes, ears, nose and lips
 are real geometry (eyeballs in carved sockets, ear shells with a carved concha, lips around an
 optionally carved mouth cavity with teeth and tongue), so a profile view hides the far eye and ear
 by occlusion, not by a rule. Brows are painted on the skin (see :func:`brow_mask`). The geometry
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from facegs.labels import get_label_set
+from facegs.core.labels import get_label_set
 from facegs.synth import sdf
 from facegs.synth.params import HeadParams
 from facegs.synth.sdf import Cluster, Group, Part, Scene

@@ -1,10 +1,10 @@
 """Camera rigs for synthetic captures: lists of ``(view_id, K [3, 3], world_to_camera [4, 4])``.
 
-Cameras are OpenCV pinholes (see :mod:`facegs.cameras`) placed on spheres around :data:`RIG_CENTER`
+Cameras are OpenCV pinholes (see :mod:`facegs.core.cameras`) placed on spheres around :data:`RIG_CENTER`
 and aimed at it with world +y up in the image. Angles are given in the RIG (= world) frame with the
 head-frame conventions: yaw +90 puts the camera on the subject's LEFT, pitch > 0 above the head. A
 subject's head is posed near the rig centre by its ``world_from_head``, so the head-relative pose
-of a view (``facegs.cameras.w2c_to_head_pose``) differs from the rig angles by a few degrees.
+of a view (``facegs.core.cameras.w2c_to_head_pose``) differs from the rig angles by a few degrees.
 
 Focal length: the image's shorter side spans ``2 * FRAME_HALF`` metres at the rig centre, so a head
 (about 0.25 m with hair) fills most of the frame at any distance. Principal point at the image
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from facegs.cameras import head_pose_to_w2c
+from facegs.core.cameras import head_pose_to_w2c
 
 RIG_CENTER = np.array([0.0, -0.02, 0.0])  # world point all rig cameras aim at (metres)
 FRAME_HALF = 0.19  # metres: half the shorter image side at the rig centre

@@ -19,8 +19,21 @@ import torch
 import torch.nn.functional as F
 
 from facegs.synth.head import (
-    MAT_BROW, MAT_CLOTH, MAT_EARRING, MAT_EYE, MAT_FRAME, MAT_HAIR, MAT_HAT, MAT_LENS, MAT_LIP, MAT_MOUTH, MAT_NECKLACE,
-    MAT_SKIN, MAT_TEETH, MAT_TONGUE, SynthHead,
+    MAT_BROW,
+    MAT_CLOTH,
+    MAT_EARRING,
+    MAT_EYE,
+    MAT_FRAME,
+    MAT_HAIR,
+    MAT_HAT,
+    MAT_LENS,
+    MAT_LIP,
+    MAT_MOUTH,
+    MAT_NECKLACE,
+    MAT_SKIN,
+    MAT_TEETH,
+    MAT_TONGUE,
+    SynthHead,
 )
 
 # (specular strength, shininess) per material index (see facegs.synth.head.MATERIAL_NAMES)

@@ -1,0 +1,71 @@
+"""The ``facegs`` command line. Each stage registers its own subcommand from its own module.
+
+Every subcommand module exposes ``register(subparsers)`` which adds a parser whose ``func``
+default takes the parsed ``argparse.Namespace`` and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from facegs.core.errors import InputError
+
+# Order = order in `facegs --help`, following the data flow.
+COMMAND_MODULES = (
+    "facegs.cli.synth",  # facegs synth, facegs contact-sheet
+    "facegs.cli.ingest",  # facegs ingest
+    "facegs.cli.validate",  # facegs validate
+    "facegs.cli.parser",  # facegs parser ..., facegs label
+    "facegs.cli.refine",  # facegs refine
+    "facegs.cli.dataset",  # facegs dataset info/sheet/finalize
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="facegs",
+        description=(
+            "facegs: multi-view 3D Gaussian splatting label refinement for face parsing under extreme "
+            "head poses. Data flows: synth/ingest -> validate -> label -> refine -> shards -> train."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'facegs COMMAND --help' for the options of one command.",
+    )
+    from facegs import __version__
+
+    p.add_argument("--version", action="version", version=f"facegs {__version__}")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: $FACEGS_THREADS, else torch's default). On a shared "
+                   "machine 1 thread per process is often much faster than oversubscribed cores.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    threads = args.threads or int(os.environ.get("FACEGS_THREADS", "0") or 0)
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"facegs {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except FileExistsError as e:
+        print(f"facegs {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

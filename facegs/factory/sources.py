@@ -1,0 +1,75 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from facegs.core.errors import InputError
+from facegs.core.storage import is_local_url, local_path
+
+
+def list_subject_urls(source: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Subject directories named by ``source``, sorted and de-duplicated.
+
+    ``source`` is a directory (local or fsspec URL) whose sub-directories holding a
+    ``subject.json`` are subjects (or that holds ``subject.json`` itself), or a text file with one
+    subject directory (path or URL) per line; blank lines and ``#`` comments are ignored.
+    """
+    fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
+    proto = source.split("://", 1)[0] + "://" if "://" in source else ""
+    if not fs.exists(path):
+        raise InputError("subject list not found", path=source)
+    if fs.isfile(path):
+        with fs.open(path, "rt") as f:
+            lines = [ln.split("#", 1)[0].strip() for ln in f]
+        urls = [ln.rstrip("/") for ln in lines if ln]
+        if not urls:
+            raise InputError("subject list names no subjects", path=source)
+        return list(dict.fromkeys(urls))
+    if fs.exists(f"{path.rstrip('/')}/subject.json"):
+        return [source.rstrip("/")]
+    found = []
+    for e in sorted(fs.ls(path, detail=True), key=lambda e: e["name"]):
+        if e.get("type") == "directory" and fs.exists(f"{e['name'].rstrip('/')}/subject.json"):
+            found.append(proto + e["name"].rstrip("/") if proto and not e["name"].startswith(proto) else e["name"])
+    if not found:
+        raise InputError("no subject directories (folders with a subject.json) found", path=source)
+    return found
+
+
+def subject_id_of(url: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The ``subject_id`` in ``url/subject.json``; the directory name if it cannot be read."""
+    try:
+        with fsspec.open(url.rstrip("/") + "/subject.json", "rt", **(storage_options or {})) as f:
+            sid = json.load(f).get("subject_id")
+        if isinstance(sid, str) and sid:
+            return sid
+    except (OSError, ValueError):
+        pass
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def stage_subject(url: str, scratch: Path, copy: bool, storage_options: dict[str, Any] | None = None) -> Path:
+    """A local directory with the subject: the original (local, ``copy`` False), a copy (local,
+    ``copy`` True: labelling writes into it, the user's capture stays untouched) or a download."""
+    if is_local_url(url):
+        src = local_path(url)
+        if not copy:
+            return src
+        if not src.is_dir():
+            raise InputError("subject directory not found", path=str(src))
+        dst = scratch / "subject"
+        shutil.copytree(src, dst)
+        return dst
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    dst = scratch / "subject"
+    dst.mkdir()
+    if not fs.exists(path.rstrip("/") + "/subject.json"):
+        raise InputError("subject directory has no subject.json", path=url)
+    fs.get(path.rstrip("/") + "/", str(dst) + "/", recursive=True)
+    return dst

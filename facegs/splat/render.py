@@ -1,0 +1,93 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from facegs.splat.rasterize import rasterize as _rasterize
+from facegs.splat.rasterize import resolve_backend
+from facegs.splat.scene import Params, activated, sh_colors
+
+LABEL_MODES = ("logits", "probs")
+
+
+def label_colors(logits: Tensor, mode: str) -> Tensor:
+    """Per-Gaussian label channels to rasterize, from ``logits`` [..., K]: the logits themselves
+    (``"logits"``) or their softmax (``"probs"``)."""
+    if mode == "logits":
+        return logits
+    if mode == "probs":
+        return torch.softmax(logits, dim=-1)
+    raise ValueError(f"label_mode must be one of {LABEL_MODES}, got '{mode}'")
+
+
+def background_label_vector(num_classes: int, mode: str, background_class: int | None, bg_logit: float = 10.0,
+                     device: torch.device | str = "cpu") -> Tensor:
+    """[K] background vector composited with the remaining transmittance ``T`` for label channels.
+
+    ``"logits"``: ``bg_logit`` on the background class (empty space reads as background); ``"probs"``:
+    one-hot of the background class (so blended probabilities sum to ``alpha + T = 1``). Zeros when
+    ``background_class`` is None.
+    """
+    v = torch.zeros(num_classes, device=device)
+    if background_class is not None:
+        v[background_class] = bg_logit if mode == "logits" else 1.0
+    return v
+
+
+def label_probs(rendered: Tensor, alpha: Tensor, mode: str, background_class: int | None) -> Tensor:
+    """Per-pixel class probabilities [B, H, W, K] from the rendered label channels [B, H, W, K].
+
+    ``"logits"``: softmax of the blended logits. ``"probs"``: the blend renormalised to sum 1 (by
+    its own sum when a background class was composited, else by the alpha [B, H, W, 1]).
+    """
+    if mode == "logits":
+        return torch.softmax(rendered, dim=-1)
+    denom = rendered.sum(-1, keepdim=True) if background_class is not None else alpha
+    return rendered.clamp_min(0) / denom.clamp_min(1e-6)
+
+
+BACKGROUND_CLASS = 0  # "background" in celebamask19
+
+
+def render_rgb_labels(params: Params, viewmats: Tensor, Ks: Tensor, width: int, height: int, bg_rgb: Tensor, *,
+           sh_degree: int | None = None, label_mode: str = "probs", label_background: bool = True,
+           label_bg_logit: float = 10.0, label_grad_to_geometry: bool = True, with_labels: bool = True,
+           backend: str = "auto", tile_size: int | None = None) -> tuple[Tensor, Tensor | None, Tensor, dict]:
+    """Render RGB and label channels of B views in one differentiable rasterize call.
+
+    Args: ``viewmats`` [B, 4, 4], ``Ks`` [B, 3, 3], ``bg_rgb`` [B, 3].
+    Returns ``rgb`` [B, H, W, 3], ``labels`` [B, H, W, K] (blended logits or probabilities, see
+    :func:`facegs.splat.render.label_probs`; None without labels), ``alpha`` [B, H, W, 1] and the
+    rasterizer's ``meta`` (for the densification strategy). With ``label_grad_to_geometry=False``
+    the label channels carry gradient to the logits only, in the same call (module docstring).
+    """
+    means, quats, scales, opac = activated(params)
+    B = viewmats.shape[0]
+    backend = resolve_backend(backend, means)
+    ts = tile_size or (16 if backend == "gsplat" else 8)
+    rasterize = functools.partial(_rasterize, width=width, height=height, backend=backend, tile_size=ts)
+    rgb_c = sh_colors(params, viewmats, sh_degree)  # [B, N, 3]
+    if not with_labels:
+        out, alpha, meta = rasterize(means, quats, scales, opac, rgb_c, viewmats, Ks, backgrounds=bg_rgb)
+        return out, None, alpha, meta
+    lab_c = label_colors(params["logits"], label_mode)  # [N, K]
+    K = lab_c.shape[-1]
+    bg_lab = background_label_vector(K, label_mode, BACKGROUND_CLASS if label_background else None,
+                                label_bg_logit, device=bg_rgb.device).expand(B, K)
+    if label_grad_to_geometry:
+        cols = torch.cat([rgb_c, lab_c[None].expand(B, -1, -1)], dim=-1)
+        out, alpha, meta = rasterize(means, quats, scales, opac, cols, viewmats, Ks,
+                                     backgrounds=torch.cat([bg_rgb, bg_lab], -1))
+        return out[..., :3], out[..., 3:], alpha, meta
+    # one call, two label channel groups: values (detached colours, output detached) and
+    # gradient carriers (colours identically 0, so they add exactly nothing to the geometry gradient)
+    values = lab_c.detach()[None].expand(B, -1, -1)
+    carriers = (lab_c - lab_c.detach())[None].expand(B, -1, -1)
+    cols = torch.cat([rgb_c, values, carriers], dim=-1)
+    bgs = torch.cat([bg_rgb, bg_lab, torch.zeros_like(bg_lab)], -1)
+    out, alpha, meta = rasterize(means, quats, scales, opac, cols, viewmats, Ks, backgrounds=bgs)
+    return out[..., :3], out[..., 3 : 3 + K].detach() + out[..., 3 + K :], alpha, meta
