@@ -44,7 +44,7 @@ from facegs.render.poses import cameras_for_poses, match_capture_intrinsics  # n
 from facegs.render.views import RefineConfig, render_novel_views  # noqa: E402
 from facegs.synth.generate import generate_dataset  # noqa: E402
 from facegs.synth.params import HeadParams  # noqa: E402
-from facegs.synth.raytrace import render_novel_views as synth_render  # noqa: E402
+from facegs.synth.raytrace import render_views as synth_render  # noqa: E402
 
 OUT = Path("bench/out/label_refinement")
 YAWS = np.arange(-90.0, 90.1, 15.0)

@@ -17,6 +17,24 @@ import sys
 import time
 from pathlib import Path
 
+from facegs.core.errors import InputError
+from facegs.core.manifest import load_manifest
+from facegs.core.viz import write_contact_sheet
+from facegs.evaluate.parser import evaluate_parser
+from facegs.ingest.validate import validate_tree
+from facegs.label.views import label_subject_with_parser
+from facegs.parser.checkpoint import load_parser
+from facegs.shards.manifest import read_manifest
+from facegs.shards.sheet import write_shard_contact_sheet
+from facegs.synth.generate import generate_dataset
+from facegs.train.augment import AugmentConfig
+from facegs.train.base_parser import BaseParserConfig, train_base_parser
+from facegs.train.data import collect_views
+from facegs.train.loop import TrainConfig
+from ray_jobs import pipeline
+from ray_jobs.build_dataset import BuildError
+from ray_jobs.finetune import FinetuneError
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -49,10 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     def stage(name: str) -> None:
         timings[name] = round(time.perf_counter() - t0 - sum(timings.values()), 1)
 
-    from facegs.core.manifest import load_manifest
-    from facegs.core.viz import write_contact_sheet
-    from facegs.ingest.validate import validate_tree
-    from facegs.synth.generate import generate_dataset
 
     print(f"[1/6] synthesising {a.subjects} subjects ({a.rig} rig, {a.res}px) into {out / 'subjects'}")
     dirs = generate_dataset(out / "subjects", a.subjects, master_seed=a.seed, skip_existing=True, rig=a.rig, res=a.res)
@@ -76,10 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         write_contact_sheet(load_manifest(d), sheets / f"{d.name}.png", max_views=24)
     stage("contact_sheets")
 
-    from facegs.parser.checkpoint import load_parser
-    from facegs.train.augment import AugmentConfig
-    from facegs.train.base_parser import BaseParserConfig, train_base_parser
-    from facegs.train.loop import TrainConfig
 
     ckpt = out / "parser" / "base.pt"
     if not ckpt.is_file():
@@ -93,9 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[4/6] reusing base parser {ckpt}")
     stage("base_parser")
 
-    from facegs.evaluate.parser import evaluate_parser
-    from facegs.label.views import label_subject_with_parser
-    from facegs.train.data import collect_views
 
     print("[5/6] labelling every capture view with the base parser and evaluating against ground truth")
     parser = load_parser(ckpt)
@@ -105,25 +112,20 @@ def main(argv: list[str] | None = None) -> int:
     ev.save(out / "eval_base_parser")
     stage("label_and_eval")
 
-    from ray_jobs import pipeline
-
     print("[6/6] EM round on a local Ray: parser labels -> 3DGS fit -> head-frame renders -> shards -> Ray Train "
           "fine-tuning -> evaluation on held-out grid subjects")
     ds = out / "pipeline" / "round1" / "dataset"
-    args = ["--subjects", str(out / "subjects"), "--parser", str(ckpt), "--out", str(out / "pipeline"),
-            "--rounds", "1", "--make-test", str(a.test_subjects), "--test-res", str(a.res), "--seed", str(a.seed),
-            "--preset", "cpu_demo", "--steps", str(a.fit_steps), "--renders", str(a.renders),
-            "--epochs", str(a.ft_epochs), "--epoch-length", str(a.ft_epoch_length), "--size", str(a.res),
-            "--workers", "2", "--mix-dir", str(out / "parser" / "train_subjects"), "--mix-ratio", "0.3"]
-    if a.num_cpus:
-        args += ["--num-cpus", str(a.num_cpus)]
-    rc = pipeline.main(args)
+    try:
+        pipeline.run(pipeline.PipelineConfig(
+            subjects=str(out / "subjects"), parser=str(ckpt), out=str(out / "pipeline"), rounds=1,
+            make_test=a.test_subjects, test_res=a.res, seed=a.seed, steps=a.fit_steps, num_cpus=a.num_cpus,
+            factory={"fit_preset": "cpu_demo", "n_renders": a.renders},
+            finetune={"epochs": a.ft_epochs, "epoch_length": a.ft_epoch_length, "size": a.res, "workers": 2,
+                      "lr": 2e-3, "mix_dir": str(out / "parser" / "train_subjects"), "mix_ratio": 0.3}))
+    except (BuildError, FinetuneError, InputError) as e:
+        print(f"the pipeline failed ({e}): see {out / 'pipeline'}", file=sys.stderr)
+        return 1
     stage("pipeline")
-    if rc != 0:
-        print(f"the pipeline failed: see {out / 'pipeline'}", file=sys.stderr)
-        return rc
-    from facegs.shards.manifest import read_manifest
-    from facegs.shards.sheet import write_shard_contact_sheet
 
     table = read_manifest(str(ds))
     n_samples = int(sum(table.column("num_samples").to_pylist()))

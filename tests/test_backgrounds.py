@@ -247,16 +247,16 @@ def test_stream_selects_by_absolute_yaw(posed):
 def test_finetune_driver_keeps_shards_that_can_hold_the_yaw_range(posed, tmp_path):
     from facegs.parser.bisenet import BiSeNet
     from facegs.parser.checkpoint import save_parser
-    from ray_jobs.finetune import FinetuneConfig, _shards_in_yaw_range, prepare
+    from facegs.train.finetune import FinetuneConfig, prepare, shards_in_yaw_range
 
     table = read_manifest(str(posed))
     keys_yaw = {s["__key__"]: s["meta"]["yaw"] for s in ShardDataset(str(posed))}
     for lo, hi in ((0, 90), (60, 90), (0, 20), (31, 44)):
-        kept = set(_shards_in_yaw_range(table, (lo, hi)))
+        kept = set(shards_in_yaw_range(table, (lo, hi)))
         for row in table.to_pylist():
             has = any(lo <= abs(keys_yaw[k]) <= hi for k in row["keys"])
             assert not has or row["shard"] in kept, (lo, hi, row["shard"])  # never drops a shard it needs
-    assert len(_shards_in_yaw_range(table, (0, 90))) == table.num_rows
+    assert len(shards_in_yaw_range(table, (0, 90))) == table.num_rows
     ckpt = tmp_path / "init.pt"
     save_parser(ckpt, BiSeNet(19, 0.125), input_size=(32, 32))
     base = dict(shards=str(posed), init=str(ckpt), out=str(tmp_path / "o.pt"), storage_path=str(tmp_path / "r"),

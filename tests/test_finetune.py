@@ -254,7 +254,8 @@ def _cfg(shards, init_ckpt, tmp_path, **kw) -> dict:
 
 
 def test_bad_arguments_fail_clearly(shards, init_ckpt, tmp_path, hq_dir, capsys):
-    from ray_jobs.finetune import FinetuneConfig, main, prepare
+    from facegs.train.finetune import FinetuneConfig, prepare
+    from ray_jobs.finetune import main
 
     def prep(**kw):
         return prepare(FinetuneConfig.from_any({**_cfg(shards, init_ckpt, tmp_path), **kw}))

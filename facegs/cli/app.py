@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from facegs.core.errors import InputError
+from facegs.core.errors import FitError, InputError
 
 # Order = order in `facegs --help`, following the data flow.
 COMMAND_MODULES = (
@@ -59,10 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
     try:
         return int(args.func(args) or 0)
-    except InputError as e:
-        print(f"facegs {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except FileExistsError as e:
+    except (InputError, FitError, FileExistsError) as e:
         print(f"facegs {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -1,63 +1,71 @@
-"""TODO docstring."""
+"""``facegs refine SUBJECT --out OUT``: one subject's refined novel views as a subject directory.
+
+Options are the fields of :class:`facegs.factory.subject.RefineConfig` (novel views, clean-up) and
+of :class:`facegs.fit.config.FitConfig` (a preset plus the listed fields), derived from their
+``opt`` metadata (:mod:`facegs.core.options`).
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+
 import torch
 
-from facegs.factory.subject import refine_subject
-from facegs.fit.config import FitConfig
-from facegs.render.views import RefineConfig
+from facegs.core.options import add_options, from_namespace
+from facegs.factory.subject import RefineConfig, refine_subject
+from facegs.fit.config import PRESETS, FitConfig, fit_config
+from facegs.render.views import NovelViewConfig
+
+FIT_FIELDS = ("steps", "downscale", "label_mode", "confidence_weighting", "label_grad_to_geometry",
+              "consensus_outliers")
 
 
-def register(sub) -> None:
-    """``facegs refine SUBJECT_DIR --out OUT``."""
-    import argparse
-
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "refine",
         help="fit one subject's Gaussian scene to RGB + noisy labels and render refined novel views",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description=(
             "Fit one 3D Gaussian splatting scene with shared geometry to the subject's images and its "
             "initial labels ('labels' in subject.json, e.g. from 'facegs label'), estimate the head frame "
-            "from the semantic Gaussians, render --renders views at sampled yaw/pitch in that frame, clean "
-            "the labels automatically and write them as a subject directory (see facegs.refine)."
+            "from the semantic Gaussians (or, when the scene shows too few face parts, from the capture rig), "
+            "render --renders views at sampled yaw/pitch in that frame, clean the labels automatically and write "
+            "them as a subject directory (see facegs.factory.subject)."
         ),
     )
     p.add_argument("subject", help="subject directory (with subject.json)")
     p.add_argument("--out", required=True, help="output directory (created atomically)")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--renders", type=int, default=32, help="number of novel views")
-    p.add_argument("--res", type=int, default=None, help="render resolution (default: capture width)")
-    p.add_argument("--downscale", type=float, default=1.0, help="fit at capture resolution / this")
-    p.add_argument("--yaw", type=float, nargs=2, default=(-90.0, 90.0), metavar=("MIN", "MAX"))
-    p.add_argument("--pitch", type=float, nargs=2, default=(-40.0, 40.0), metavar=("MIN", "MAX"))
-    p.add_argument("--label-mode", choices=["logits", "probs"], default=FitConfig().label_mode,
-                   help="softmax of blended logits, or blended per-Gaussian probabilities")
-    p.add_argument("--no-confidence", action="store_true", help="ignore the parser's confidence maps")
-    p.add_argument("--label-grad-geometry", action="store_true",
-                   help="let the label loss move the geometry too (default: it updates class logits only)")
-    p.add_argument("--consensus-outliers", action="store_true",
-                   help="EM-style down-weighting of labels that disagree with the 3D consensus")
-    p.add_argument("--no-cleanup", action="store_true", help="plain argmax labels (ablation)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "gsplat"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=_cmd_refine)
+    g = p.add_argument_group("fit")
+    g.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                   help="fit preset; the options below override it (default: FitConfig's field defaults)")
+    add_options(g, FitConfig, fields=FIT_FIELDS, prefix="fit.", suppress_defaults=True)
+    g = p.add_argument_group("novel views and clean-up")
+    add_options(g, NovelViewConfig, prefix="views.")
+    add_options(g, RefineConfig, fields=("cleanup", "seed"), prefix="refine.")
+    g.add_argument("--no-camera-head-frame", action="store_true",
+                   help="fail when the fitted scene shows too few face parts for the head frame, instead of "
+                        "falling back to the camera rig's frame")
+    r = p.add_argument_group("run")
+    r.add_argument("--backend", default="auto", choices=["auto", "torch", "gsplat"], help="rasterizer")
+    r.add_argument("--device", default="auto", help="torch device (default: cuda when available, else cpu)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=run)
 
 
-def _cmd_refine(a) -> int:
-    from dataclasses import replace
+def config_from_args(a: argparse.Namespace) -> RefineConfig:
+    """The :class:`RefineConfig` the parsed options describe (``--seed`` seeds the fit and the poses)."""
+    ref = from_namespace(RefineConfig, a, prefix="refine.", build=False)
+    fit = fit_config(a.preset, **{**from_namespace(FitConfig, a, prefix="fit.", build=False), "seed": ref["seed"]})
+    views = from_namespace(NovelViewConfig, a, prefix="views.")
+    return RefineConfig(**dataclasses.asdict(views), fit=fit, **ref)
 
+
+def run(a: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-    fit = replace(FitConfig(), steps=a.steps, downscale=a.downscale, label_mode=a.label_mode,
-                  confidence_weighting=not a.no_confidence, label_grad_to_geometry=a.label_grad_geometry,
-                  consensus_outliers=a.consensus_outliers, seed=a.seed)
-    cfg = RefineConfig(fit=fit, n_renders=a.renders, res=a.res, yaw_range=tuple(a.yaw), pitch_range=tuple(a.pitch),
-                       cleanup=not a.no_cleanup, seed=a.seed)
-    s = refine_subject(a.subject, a.out, cfg, device=device, backend=a.backend, overwrite=a.overwrite)
+    s = refine_subject(a.subject, a.out, config_from_args(a), device=device, backend=a.backend,
+                       overwrite=a.overwrite, camera_head_frame_fallback=not a.no_camera_head_frame)
     ev = s["fit"].get("eval", {})
-    print(f"refined {s['subject_id']}: {s['n_renders']} views in {a.out} "
-          f"(fit {s['seconds_fit']:.1f} s, total {s['seconds_total']:.1f} s; fit eval {ev})")
+    print(f"refined {s['subject_id']}: {s['n_renders']} views in {a.out} (head frame from the "
+          f"{s['head_frame']['source']}; fit {s['seconds_fit']:.1f} s, total {s['seconds_total']:.1f} s; "
+          f"fit eval {ev})")
     return 0

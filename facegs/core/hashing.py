@@ -11,15 +11,16 @@ import numpy as np
 
 
 def to_builtin(obj: Any) -> Any:
-    """Convert numpy scalars/arrays and tuples inside ``obj`` to plain JSON types."""
+    """Convert numpy scalars/arrays, tensors (anything with ``tolist``) and tuples inside ``obj`` to
+    plain JSON types."""
     if isinstance(obj, dict):
         return {str(k): to_builtin(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_builtin(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_builtin(obj.tolist())
     if isinstance(obj, np.generic):
         return obj.item()
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # np.ndarray, torch.Tensor
+        return to_builtin(obj.tolist())
     return obj
 
 

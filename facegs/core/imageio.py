@@ -129,13 +129,22 @@ def _read_gray(path: str | os.PathLike, dtype: type) -> np.ndarray:
     return arr
 
 
+def quantize_unit(x: np.ndarray) -> np.ndarray:
+    """[H, W] values in [0, 1] -> uint8 ``round(x * 255)`` (confidence, alpha: how they are stored)."""
+    return np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def dequantize_unit(q: np.ndarray) -> np.ndarray:
+    """uint8 [H, W] -> float32 ``q / 255`` (how a stored confidence or alpha map is read back)."""
+    return np.asarray(q, dtype=np.uint8).astype(np.float32) / 255.0
+
+
 def write_confidence(path: str | os.PathLike, conf: np.ndarray) -> None:
-    q = np.clip(np.rint(np.asarray(conf, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-    Path(path).write_bytes(encode_gray_png(q))
+    Path(path).write_bytes(encode_gray_png(quantize_unit(conf)))
 
 
 def read_confidence(path: str | os.PathLike) -> np.ndarray:
-    return _read_gray(path, np.uint8).astype(np.float32) / 255.0
+    return dequantize_unit(_read_gray(path, np.uint8))
 
 
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:

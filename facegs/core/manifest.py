@@ -232,6 +232,12 @@ def load_manifest(path: str | os.PathLike) -> SubjectManifest:
     except json.JSONDecodeError as e:
         raise InputError(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", path=str(p)) from None
     check_manifest_json(d, path=str(p))
+    return manifest_from_json(d, p.parent)
+
+
+def manifest_from_json(d: dict[str, Any], root: Path | None) -> SubjectManifest:
+    """A :class:`SubjectManifest` from a parsed ``subject.json`` that passed :func:`check_manifest_json`
+    (``root``: the subject directory its paths resolve against)."""
     return SubjectManifest(
         subject_id=d["subject_id"],
         label_set=d["label_set"],
@@ -239,7 +245,7 @@ def load_manifest(path: str | os.PathLike) -> SubjectManifest:
         world_from_head=None if d.get("world_from_head") is None else np.asarray(d["world_from_head"], dtype=np.float64),
         points3d=d.get("points3d"),
         source=d.get("source", {}),
-        root=p.parent,
+        root=root,
     )
 
 

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""The subject's own capture views as shard samples: the baseline "fine-tune on the raw views".
+
+In: a subject manifest with labels (initial or ground truth). Out: :class:`facegs.shards.encode.Sample`
+objects with ``source`` "capture", written by the same shard writer as the renders.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-import facegs
+from facegs.core.cameras import w2c_to_head_pose
 from facegs.core.errors import InputError
-from facegs.core.labels import CANONICAL, get_label_set
+from facegs.core.imageio import read_confidence, read_labels, read_rgb
+from facegs.core.labels import CANONICAL, remap
 from facegs.core.manifest import SubjectManifest
 from facegs.shards.encode import Sample
-from facegs.shards.schema import sample_key
+from facegs.shards.schema import sample_meta
 
 
 def capture_samples(m: SubjectManifest, chash: str, world_from_head: np.ndarray | None = None,
@@ -21,11 +26,6 @@ def capture_samples(m: SubjectManifest, chash: str, world_from_head: np.ndarray 
     truth), their confidence (1 where absent) and no ignore mask. Pose angles come from the views'
     ``pose`` (head-relative) or, when missing, from ``world_from_head``; views without either are
     skipped. The baseline "fine-tune on the raw capture views" of the experiments uses this."""
-    from facegs.core.cameras import w2c_to_head_pose
-    from facegs.core.imageio import read_confidence, read_labels, read_rgb
-    from facegs.core.labels import remap
-
-    ls = get_label_set(CANONICAL)
     T = world_from_head if world_from_head is not None else m.world_from_head
     for i, v in enumerate(m.views):
         rel = getattr(v, label_field)
@@ -40,11 +40,7 @@ def capture_samples(m: SubjectManifest, chash: str, world_from_head: np.ndarray 
         seg = remap(read_labels(m.path(rel)), m.label_set, CANONICAL)
         conf = (read_confidence(m.path(v.confidence)) if v.confidence and label_field == "labels"
                 else np.ones(seg.shape, np.float32))
-        meta = {"schema_version": 1, "key": sample_key(m.subject_id, i), "subject_id": m.subject_id,
-                "view_index": i, "source": "capture", "width": v.width, "height": v.height,
-                "yaw": round(float(yaw), 6), "pitch": round(float(pitch), 6), "roll": round(float(roll), 6),
-                "K": np.asarray(v.K).tolist(), "world_to_camera": np.asarray(v.world_to_camera).tolist(),
-                "world_from_head": None if T is None else np.asarray(T, np.float64).tolist(),
-                "label_set": ls.name, "label_set_version": ls.version, "rgb_format": rgb_format,
-                "config_hash": chash, "facegs_version": facegs.__version__}
+        meta = sample_meta(m.subject_id, i, source="capture", width=v.width, height=v.height, pose=(yaw, pitch, roll),
+                           K=v.K, world_to_camera=v.world_to_camera, world_from_head=T, rgb_format=rgb_format,
+                           config_hash=chash)
         yield Sample(rgb=read_rgb(m.path(v.image)), seg=seg, conf=conf, ignore=np.zeros(seg.shape, bool), meta=meta)

@@ -1,58 +1,59 @@
-"""TODO docstring."""
+"""The factory's configuration of one dataset, and the hash that says whether a subject is done.
+
+In: the options of a factory run (:class:`FactoryConfig`). Out: the per-subject
+:class:`facegs.factory.subject.RefineConfig` (with the subject's seed, :func:`subject_seed`) and
+:func:`config_hash`, stored in every sample and done marker: a rerun skips a subject only when its
+marker has the same hash, so a changed option or library default rebuilds it.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from facegs.core.hashing import canonical_json, derive_seed
 from facegs.core.labels import CANONICAL, get_label_set
-from facegs.fit.config import FitConfig, fit_config
+from facegs.core.options import opt
+from facegs.factory.subject import RefineConfig
+from facegs.fit.config import PRESETS, FitConfig, fit_config
 from facegs.label.noise import parse_noise_spec
-from facegs.render.views import RefineConfig
+from facegs.render.views import NovelViewConfig
 
 LABEL_SOURCES = ("existing", "parser", "noise")
 
 
 @dataclass
-class FactoryConfig:
-    """Everything that decides a subject's samples (hashed into ``config_hash``).
+class FactoryConfig(NovelViewConfig):
+    """Everything that decides a subject's samples (hashed into :func:`config_hash`).
 
-    - ``labels``: where the initial labels come from: ``"existing"`` (the subject's own
-      ``labels``, e.g. from ``facegs label``), ``"parser:CKPT"`` (a parser checkpoint path or
-      fsspec URL, run with ``flip_tta``) or ``"noise:SPEC"`` (a noise model applied to
-      ground-truth labels, for synthetic experiments; see ``facegs.label.noise``).
-    - ``fit_preset`` + ``fit_overrides``: the :class:`facegs.fit.config.FitConfig`
-      (:func:`facegs.fit.config.fit_config`); its ``seed`` is replaced per subject.
-    - ``n_renders`` novel views per subject at poses sampled in the estimated head frame within
-      ``yaw_range``/``pitch_range`` (degrees) with ``roll_jitter_deg``; ``res``: render size in px
-      (None: the capture's width).
-    - shard options: ``rgb_format`` (jpg|png), ``jpeg_quality``, ``maxcount`` samples per shard,
-      ``store_alpha`` (an ``alpha.png`` member per render: the subject's coverage, so that trainers
-      can put the premultiplied-over-black render over other backgrounds).
-    - ``camera_head_frame_fallback``: when the fitted scene shows too few face parts to place the
-      head frame (weak initial labels), use :func:`facegs.headframe.priors.head_frame_from_cameras` (the
-      rig prior) instead of failing; samples record ``fit_metrics.head_frame_source``.
+    The novel views (``n_renders``, ``yaw_range``, ``pitch_range``, ``roll_jitter_deg``,
+    ``distribution``, ``res``) are :class:`facegs.render.views.NovelViewConfig`'s fields; the fit is
+    ``fit_preset`` + ``fit_overrides`` (:func:`facegs.fit.config.fit_config`, its ``seed`` replaced
+    per subject). Every field's ``opt`` metadata documents it and is how the factory's command line
+    (``python -m ray_jobs.build_dataset``) spells it.
     """
 
-    labels: str = "existing"
-    flip_tta: bool = True
-    fit_preset: str = "cpu_demo"
-    fit_overrides: dict[str, Any] = field(default_factory=dict)
-    n_renders: int = 32
-    yaw_range: tuple[float, float] = (-90.0, 90.0)
-    pitch_range: tuple[float, float] = (-40.0, 40.0)
-    roll_jitter_deg: float = 5.0
-    distribution: str = "uniform"
-    res: int | None = None
-    rgb_format: str = "jpg"
-    jpeg_quality: int = 95
-    maxcount: int = 64
-    store_alpha: bool = True
-    min_views: int = 4
-    seed: int = 0
-    camera_head_frame_fallback: bool = True
+    labels: str = field(default="existing", metadata=opt(
+        "initial labels: 'existing' (labels already in the subjects, e.g. from facegs label), 'parser:CKPT' "
+        "(path or URL of a parser checkpoint: facegs, BiSeNet state_dict or TorchScript) or 'noise:SPEC' (noise "
+        "model on ground-truth labels, synthetic subjects only; e.g. noise:pixel:0.5)"))
+    flip_tta: bool = field(default=True, metadata=opt("parser labelling without left/right flip TTA",
+                                                      flag="--no-flip-tta"))
+    fit_preset: str = field(default="cpu_demo", metadata=opt("fit preset", flag="--preset", choices=tuple(PRESETS)))
+    fit_overrides: dict[str, Any] = field(default_factory=dict, metadata=opt(
+        "JSON dict of further FitConfig fields (e.g. '{\"steps\": 300}')"))
+    rgb_format: str = field(default="jpg", metadata=opt("RGB member format", choices=("jpg", "png")))
+    jpeg_quality: int = field(default=95, metadata=opt("JPEG quality of the RGB member"))
+    maxcount: int = field(default=64, metadata=opt("samples per shard"))
+    store_alpha: bool = field(default=True, metadata=opt(
+        "do not store the renders' coverage (alpha.png); trainers then cannot composite renders over new "
+        "backgrounds exactly (fine-tuning falls back to the background labels)", flag="--no-alpha"))
+    min_views: int = field(default=4, metadata=opt("subjects with fewer views fail"))
+    seed: int = field(default=0, metadata=opt("global seed (per-subject seeds derive from it)"))
+    camera_head_frame_fallback: bool = field(default=True, metadata=opt(
+        "fail a subject whose fitted scene shows too few face parts for the head frame, instead of falling back "
+        "to the camera rig's frame (recorded as fit_metrics.head_frame_source)", flag="--no-camera-head-frame"))
 
     def __post_init__(self) -> None:
         kind = self.labels.split(":", 1)[0]
@@ -80,9 +81,8 @@ class FactoryConfig:
         return fit_config(self.fit_preset, **{**self.fit_overrides, "seed": subject_seed % (2**31)})
 
     def refine(self, subject_seed: int) -> RefineConfig:
-        return RefineConfig(fit=self.fit(subject_seed), n_renders=self.n_renders, yaw_range=self.yaw_range,
-                            pitch_range=self.pitch_range, roll_jitter_deg=self.roll_jitter_deg,
-                            distribution=self.distribution, res=self.res, seed=subject_seed % (2**31))
+        views = {f.name: getattr(self, f.name) for f in fields(NovelViewConfig)}
+        return RefineConfig(**views, fit=self.fit(subject_seed), seed=subject_seed % (2**31))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -38,27 +38,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 import facegs
-from facegs.core.errors import FitError, InputError
 from facegs.core.hashing import canonical_json
-from facegs.core.labels import CANONICAL, get_label_set
-from facegs.core.manifest import SubjectManifest
 from facegs.core.storage import put_bytes_atomic
 from facegs.factory.config import FactoryConfig, subject_seed
 from facegs.factory.markers import FAILURES_DIR, SUBJECTS_DIR
 from facegs.factory.sources import stage_subject
-from facegs.fit.loop import fit_subject
-from facegs.headframe.frame import HeadFrameError
-from facegs.headframe.priors import head_frame_from_cameras
-from facegs.headframe.scene import head_frame_from_scene
+from facegs.factory.subject import refine
 from facegs.ingest.validate import load_subject
-from facegs.render.views import RefineConfig, novel_cameras, render_novel_views
+from facegs.label.views import initial_labels
 from facegs.shards.encode import Sample
 from facegs.shards.root import DatasetRoot
-from facegs.shards.schema import sample_key
 from facegs.shards.writer import commit_subject
 
 
@@ -72,37 +62,6 @@ class CrashInjection:
     after_samples: int = 1
     attempt: int = 1
     exit_code: int = 137
-
-
-def initial_labels(subject_dir: Path, m: SubjectManifest, cfg: FactoryConfig, parser: Any, seed: int,
-                   progress: bool) -> SubjectManifest:
-    """Label every view of the (staged) subject as ``cfg.labels`` says; returns the new manifest."""
-    from facegs.label.views import label_subject_with_noise, label_subject_with_parser
-
-    if cfg.label_source == "existing":
-        missing = [v.view_id for v in m.views if not v.labels]
-        if missing:
-            raise InputError(f"{len(missing)} of {len(m.views)} views have no labels (first: {missing[0]}); "
-                             "label them first (facegs label) or pass labels='parser:CKPT'",
-                             subject=m.subject_id, view=missing[0], field="labels")
-        if m.label_set != CANONICAL:
-            raise InputError(f"labels are in '{m.label_set}'; relabel into '{CANONICAL}' (facegs label)",
-                             subject=m.subject_id, field="label_set")
-        return m
-    if cfg.label_source == "parser":
-        if parser is None:
-            raise ValueError("labels='parser:...' needs a loaded parser")
-        return label_subject_with_parser(subject_dir, parser, flip_tta=cfg.flip_tta, progress=progress,
-                                         parser_name=cfg.label_arg)
-    return label_subject_with_noise(subject_dir, cfg.label_arg, seed=seed, progress=progress)
-
-
-def _fit_metrics(summary: dict[str, Any]) -> dict[str, float | str | None]:
-    """Deterministic fit numbers for the sample metadata (no timings)."""
-    out: dict[str, float | str | None] = {k: summary.get(k) for k in ("steps", "n_gaussians", "n_views")}
-    for k, v in (summary.get("eval") or {}).items():
-        out[k] = None if v is None or not np.isfinite(v) else round(float(v), 6)
-    return out
 
 
 @dataclass
@@ -119,28 +78,6 @@ class SubjectResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def subject_samples(fit_params: dict[str, torch.Tensor], hf_world_from_head: np.ndarray, m: SubjectManifest,
-                    rcfg: RefineConfig, chash: str, fit_metrics: dict[str, Any], rgb_format: str,
-                    backend: str = "auto", store_alpha: bool = True) -> Iterator[Sample]:
-    """Render the subject's novel views and yield them as shard samples (in view order)."""
-    from facegs.headframe.frame import HeadFrame
-
-    hf = HeadFrame(world_from_head=hf_world_from_head, diagnostics={})
-    cams, width, height = novel_cameras(m, hf, rcfg)
-    ls = get_label_set(CANONICAL)
-    for i, rv in enumerate(render_novel_views(fit_params, cams, width, height, hf_world_from_head, rcfg, backend,
-                                        progress=False)):
-        meta = {"schema_version": 1, "key": sample_key(m.subject_id, i), "subject_id": m.subject_id,
-                "view_index": i, "source": "render", "width": width, "height": height,
-                "yaw": round(float(rv.pose["yaw"]), 6), "pitch": round(float(rv.pose["pitch"]), 6),
-                "roll": round(float(rv.pose["roll"]), 6), "K": rv.K.tolist(), "world_to_camera": rv.w2c.tolist(),
-                "world_from_head": np.asarray(hf_world_from_head, np.float64).tolist(), "label_set": ls.name,
-                "label_set_version": ls.version, "rgb_format": rgb_format, "fit_metrics": fit_metrics,
-                "config_hash": chash, "facegs_version": facegs.__version__}
-        yield Sample(rgb=rv.rgb, seg=rv.labels, conf=rv.confidence, ignore=rv.ignore, meta=meta,
-                     alpha=rv.alpha if store_alpha else None)
 
 
 def process_subject(
@@ -170,32 +107,18 @@ def process_subject(
 
     root = DatasetRoot.open(root_url, storage_options)
     with tempfile.TemporaryDirectory(prefix="facegs-subject-") as tmp:
-        local = stage_subject(url, Path(tmp), copy=cfg.label_source != "existing", storage_options=storage_options)
+        local = stage_subject(url, Path(tmp), storage_options=storage_options)
         m = load_subject(local, min_views=cfg.min_views, check_images=True)
         sid = m.subject_id
         seed = subject_seed(cfg, sid)
         lap("stage")
-        m = initial_labels(local, m, cfg, parser, seed, progress)
+        labels = initial_labels(m, cfg.labels, parser=parser, flip_tta=cfg.flip_tta, seed=seed, progress=progress)
         lap("label")
-        rcfg = cfg.refine(seed)
-        fit = fit_subject(m, rcfg.fit, device=device, backend=backend, progress=progress)
+        refined = refine(m, cfg.refine(seed), labels=labels, device=device, backend=backend, progress=progress,
+                         camera_head_frame_fallback=cfg.camera_head_frame_fallback)
         lap("fit")
-        params = {k: v.to(device) for k, v in fit.params.items()}
-        metrics = _fit_metrics(fit.summary)
-        try:
-            hf = head_frame_from_scene(params, rcfg.max_headframe_points)
-            metrics["head_frame_source"] = "scene"
-        except HeadFrameError as e:
-            if not cfg.camera_head_frame_fallback:
-                raise FitError(f"cannot place the head frame after fitting: {e}. The fitted scene shows too few "
-                               "face parts; check the initial labels or fit more steps", subject=sid) from None
-            try:  # weak labels: fall back to the rig prior (poses become rig-relative; recorded per sample)
-                hf = head_frame_from_cameras(np.stack([v.world_to_camera for v in m.views]))
-            except HeadFrameError as e2:
-                raise FitError(f"cannot place the head frame: {e}; camera fallback: {e2}", subject=sid) from None
-            metrics["head_frame_source"] = "cameras"
-        samples = subject_samples(params, hf.world_from_head, m, rcfg, chash, metrics, cfg.rgb_format, backend,
-                                  cfg.store_alpha)
+        metrics = refined.metrics
+        samples = refined.samples(chash, cfg.rgb_format, cfg.store_alpha)
         if crash is not None and crash.subject_id == sid and crash.attempt == attempt:
             samples = _crash_after(samples, crash)
         with contextlib.suppress(FileNotFoundError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +53,11 @@ def subject_id_of(url: str, storage_options: dict[str, Any] | None = None) -> st
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
-def stage_subject(url: str, scratch: Path, copy: bool, storage_options: dict[str, Any] | None = None) -> Path:
-    """A local directory with the subject: the original (local, ``copy`` False), a copy (local,
-    ``copy`` True: labelling writes into it, the user's capture stays untouched) or a download."""
+def stage_subject(url: str, scratch: Path, storage_options: dict[str, Any] | None = None) -> Path:
+    """A local directory with the subject: the original (a local path or ``file://`` URL; it is
+    only read: labels pass in memory) or a download into ``scratch`` (any other fsspec URL)."""
     if is_local_url(url):
-        src = local_path(url)
-        if not copy:
-            return src
-        if not src.is_dir():
-            raise InputError("subject directory not found", path=str(src))
-        dst = scratch / "subject"
-        shutil.copytree(src, dst)
-        return dst
+        return local_path(url)
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     dst = scratch / "subject"
     dst.mkdir()

@@ -1,94 +1,185 @@
-"""TODO docstring."""
+"""One subject end to end: initial labels -> joint fit -> head frame -> novel views -> clean-up -> samples.
+
+This is the one pipeline both the factory (:func:`facegs.factory.process.process_subject`, shards)
+and ``facegs refine`` (:func:`refine_subject`, a subject directory of novel views) run:
+
+- in: a validated :class:`facegs.core.manifest.SubjectManifest` and its initial labels (in memory,
+  :func:`facegs.label.views.initial_labels`, or the subject's own label files);
+- :func:`refine`: fit (:mod:`facegs.fit`) -> head frame from the fitted scene, or the rig prior
+  (:func:`facegs.headframe.scene.place_head_frame`) -> cameras at sampled head poses
+  (:mod:`facegs.render.views`); returns a :class:`RefinedSubject`;
+- out: :meth:`RefinedSubject.views` (rendered, cleaned :class:`facegs.render.views.RenderedView`)
+  and :meth:`RefinedSubject.samples` (the same as shard :class:`facegs.shards.encode.Sample` objects,
+  metadata from :func:`facegs.shards.schema.sample_meta`).
+
+An unusable fit (no head frame) raises :class:`facegs.core.errors.FitError` in both callers.
+
+``facegs refine`` output directory (a subject directory in the manifest format, so every facegs
+tool reads it), built under a temporary name and renamed into place (nothing half-written)::
+
+    OUT/
+      subject.json            # views = rendered novel views, pose in the ESTIMATED head frame
+      images/render_000.png   # RGB rendered from the fitted scene
+      labels/render_000.png   # cleaned labels (canonical classes; palette PNG)
+      confidence/...png       # probability of the final label
+      ignore/...png           # 255 where a trainer should not trust the label
+      masks/...png            # rendered alpha >= 0.5 (for background compositing)
+      scene.ply               # standard 3DGS fields + class_logit_* fields
+      scene.pt                # compact tensors (torch.load(weights_only=True))
+      refine.json             # fit summary, head frame and its diagnostics, timings, config
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from dataclasses import asdict
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from facegs.core.errors import InputError
+from facegs.core.hashing import to_builtin
 from facegs.core.imageio import write_confidence, write_labels, write_mask, write_rgb
 from facegs.core.labels import CANONICAL
 from facegs.core.manifest import SubjectManifest, View, save_manifest
+from facegs.core.options import opt
 from facegs.core.storage import atomic_directory
+from facegs.fit.config import FitConfig
 from facegs.fit.loop import FitResult, fit_subject
-from facegs.headframe.frame import HeadFrameError
-from facegs.headframe.scene import head_frame_from_scene
+from facegs.headframe.frame import HeadFrame
+from facegs.headframe.scene import place_head_frame
 from facegs.ingest.validate import load_subject
-from facegs.render.views import RefineConfig, novel_cameras, render_novel_views
+from facegs.label.views import ViewLabels
+from facegs.render.cleanup import CleanupConfig
+from facegs.render.views import Cameras, NovelViewConfig, RenderedView, novel_cameras, render_novel_views
+from facegs.shards.encode import Sample
+from facegs.shards.schema import sample_meta
 from facegs.splat.scene import save_ply, save_tensors
+
+
+@dataclass
+class RefineConfig(NovelViewConfig):
+    """Everything after the labels that decides a subject's refined views: the fit, the head frame,
+    the novel views (:class:`NovelViewConfig`) and the clean-up. ``seed`` draws the poses."""
+
+    fit: FitConfig = field(default_factory=FitConfig)
+    cleanup: bool = field(default=True, metadata=opt("clean the rendered labels (off: plain argmax, an ablation)"))
+    cleanup_cfg: CleanupConfig = field(default_factory=CleanupConfig)
+    seed: int = field(default=0, metadata=opt("seed of the fit and of the pose sampling"))
+    max_headframe_points: int = 40_000
+
+
+def fit_metrics(summary: Mapping[str, Any]) -> dict[str, float | str | None]:
+    """Deterministic fit numbers for the sample metadata and the done marker (no timings)."""
+    out: dict[str, float | str | None] = {k: summary.get(k) for k in ("steps", "n_gaussians", "n_views")}
+    for k, v in (summary.get("eval") or {}).items():
+        out[k] = None if v is None or not np.isfinite(v) else round(float(v), 6)
+    return out
+
+
+@dataclass
+class RefinedSubject:
+    """A fitted subject with its head frame and novel cameras; renders on demand."""
+
+    manifest: SubjectManifest
+    cfg: RefineConfig
+    fit: FitResult
+    params: dict[str, torch.Tensor]  # on the fit device
+    head_frame: HeadFrame
+    head_frame_source: str  # "scene" | "cameras"
+    cameras: Cameras
+    width: int
+    height: int
+    backend: str = "auto"
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """What every sample and the done marker record about the fit (deterministic)."""
+        return {**fit_metrics(self.fit.summary), "head_frame_source": self.head_frame_source}
+
+    def views(self, progress: bool = False) -> Iterator[RenderedView]:
+        """The rendered, cleaned novel views, in camera order."""
+        cleanup = self.cfg.cleanup_cfg if self.cfg.cleanup else None
+        return render_novel_views(self.params, self.cameras, self.width, self.height,
+                                  self.head_frame.world_from_head, self.cfg.fit, cleanup, self.backend, progress)
+
+    def samples(self, config_hash: str, rgb_format: str = "jpg", store_alpha: bool = True) -> Iterator[Sample]:
+        """The novel views as shard samples (``source`` "render"), in view order."""
+        metrics = self.metrics
+        T = self.head_frame.world_from_head
+        for i, rv in enumerate(self.views()):
+            meta = sample_meta(self.manifest.subject_id, i, source="render", width=self.width, height=self.height,
+                               pose=(rv.pose["yaw"], rv.pose["pitch"], rv.pose["roll"]), K=rv.K,
+                               world_to_camera=rv.w2c, world_from_head=T, rgb_format=rgb_format,
+                               config_hash=config_hash, fit_metrics=metrics)
+            yield Sample(rgb=rv.rgb, seg=rv.labels, conf=rv.confidence, ignore=rv.ignore, meta=meta,
+                         alpha=rv.alpha if store_alpha else None)
+
+
+def refine(m: SubjectManifest, cfg: RefineConfig, *, labels: Mapping[str, ViewLabels] | None = None,
+           device: str | torch.device = "cpu", backend: str = "auto", progress: bool = False,
+           camera_head_frame_fallback: bool = True, poses: np.ndarray | None = None) -> RefinedSubject:
+    """Fit the subject (``labels``: in-memory initial labels; None: the manifest's label files),
+    place its head frame and its novel cameras (sampled with ``cfg.seed``, or the given ``poses``
+    [P, 3] yaw/pitch/roll). Raises :class:`facegs.core.errors.FitError` when no head frame can be
+    placed (with ``camera_head_frame_fallback`` only when the rig prior fails too)."""
+    fit = fit_subject(m, cfg.fit, device=device, backend=backend, progress=progress, labels=labels)
+    params = {k: v.to(device) for k, v in fit.params.items()}
+    hf, source = place_head_frame(params, np.stack([v.world_to_camera for v in m.views]),
+                                  max_points=cfg.max_headframe_points, camera_fallback=camera_head_frame_fallback,
+                                  subject=m.subject_id)
+    cams, width, height = novel_cameras(m, hf.world_from_head, cfg, cfg.seed, poses)
+    return RefinedSubject(m, cfg, fit, params, hf, source, cams, width, height, backend)
 
 
 def refine_subject(subject_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: RefineConfig | None = None,
                    *, device: str = "cpu", backend: str = "auto", progress: bool = True, overwrite: bool = False,
-                   poses: np.ndarray | None = None, min_views: int = 4) -> dict[str, Any]:
-    """Fit the subject's scene and write refined novel views to ``out_dir`` (see module docstring).
-
-    Returns the summary written to ``refine.json``.
-    """
+                   poses: np.ndarray | None = None, min_views: int = 4,
+                   camera_head_frame_fallback: bool = True) -> dict[str, Any]:
+    """``facegs refine``: :func:`refine` the subject's own labels and write the novel views to
+    ``out_dir`` (see the module docstring). Returns the summary written to ``refine.json``."""
     cfg = cfg or RefineConfig()
     t0 = time.perf_counter()
     m = load_subject(subject_dir, min_views=min_views)
-    fit: FitResult = fit_subject(m, cfg.fit, device=device, backend=backend, progress=progress)
+    r = refine(m, cfg, device=device, backend=backend, progress=progress,
+               camera_head_frame_fallback=camera_head_frame_fallback, poses=poses)
     t_fit = time.perf_counter() - t0
-    params = {k: v.to(device) for k, v in fit.params.items()}
-    try:
-        hf = head_frame_from_scene(params, cfg.max_headframe_points)
-    except HeadFrameError as e:
-        raise InputError(f"cannot place the head frame after fitting: {e}. The fitted scene shows too few "
-                         "face parts; check the initial labels (facegs contact-sheet --labels labels) or fit "
-                         "more steps", subject=m.subject_id, field="labels") from None
-    cams, width, height = novel_cameras(m, hf, cfg, poses)
     views: list[View] = []
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         for sub in ("images", "labels", "confidence", "ignore", "masks"):
             (tmp / sub).mkdir()
-        for rv in render_novel_views(params, cams, width, height, hf.world_from_head, cfg, backend, progress):
+        for rv in r.views(progress):
             vid = rv.view_id
             write_rgb(tmp / "images" / f"{vid}.png", rv.rgb)
             write_labels(tmp / "labels" / f"{vid}.png", rv.labels, CANONICAL)
             write_confidence(tmp / "confidence" / f"{vid}.png", rv.confidence)
             write_mask(tmp / "ignore" / f"{vid}.png", rv.ignore)
             write_mask(tmp / "masks" / f"{vid}.png", rv.alpha >= 0.5)
-            views.append(View(view_id=vid, image=f"images/{vid}.png", width=width, height=height, K=rv.K,
+            views.append(View(view_id=vid, image=f"images/{vid}.png", width=r.width, height=r.height, K=rv.K,
                               world_to_camera=rv.w2c, labels=f"labels/{vid}.png",
                               confidence=f"confidence/{vid}.png", ignore=f"ignore/{vid}.png",
                               mask=f"masks/{vid}.png", pose=rv.pose))
-        save_ply(tmp / "scene.ply", fit.params, label_set=CANONICAL)
-        save_tensors(tmp / "scene.pt", fit.params, label_set=CANONICAL)
+        save_ply(tmp / "scene.ply", r.fit.params, label_set=CANONICAL)
+        save_tensors(tmp / "scene.pt", r.fit.params, label_set=CANONICAL)
+        T = r.head_frame.world_from_head
         summary = {
             "subject_id": m.subject_id,
             "source_dir": str(Path(subject_dir).resolve()),
-            "fit": _jsonable(fit.summary),
-            "head_frame": {"world_from_head": hf.world_from_head.tolist(), "diagnostics": _jsonable(hf.diagnostics)},
+            "fit": to_builtin(r.fit.summary),
+            "head_frame": {"world_from_head": T.tolist(), "source": r.head_frame_source,
+                           "diagnostics": to_builtin(r.head_frame.diagnostics)},
             "n_renders": len(views),
             "seconds_fit": round(t_fit, 2),
             "seconds_total": round(time.perf_counter() - t0, 2),
-            "config": _jsonable(asdict(cfg)),
+            "config": to_builtin(asdict(cfg)),
         }
         save_manifest(SubjectManifest(subject_id=m.subject_id, label_set=CANONICAL, views=tuple(views),
-                                      world_from_head=hf.world_from_head,
-                                      source={"format": "facegs.refine", "subject_dir": str(subject_dir)},
+                                      world_from_head=T, source={"format": "facegs.refine",
+                                                                 "subject_dir": str(subject_dir)},
                                       root=Path(out_dir)), tmp)
         (tmp / "refine.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.floating, np.integer, np.bool_)):
-        return x.item()
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    return x

@@ -1,10 +1,18 @@
-"""TODO docstring."""
+"""Options of one subject's fit: :class:`FitConfig` (with :class:`InitConfig`), named presets.
+
+In: nothing (configuration). Out: a :class:`FitConfig` from :func:`fit_config` (a preset plus
+overrides); :meth:`FitConfig.resolved` fills the schedule (densification, SH degree, consensus
+warm-up) from ``steps``. Presets: ``test`` (unit tests, 32 px), ``cpu_demo`` (24 views at 128 px on
+2 cores), ``gpu`` (a 7k-step 3DGS schedule for the gsplat backend), ``default`` (the field defaults).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from facegs.core.options import opt
 
 
 @dataclass(frozen=True)
@@ -30,10 +38,10 @@ class FitConfig:
     schedule of 30k steps compressed to ``steps``).
     """
 
-    steps: int = 600
+    steps: int = field(default=600, metadata=opt("optimisation steps of the fit"))
     seed: int = 0
     views_per_step: int = 2
-    downscale: float = 1.0  # images (and K) are resized by 1 / downscale
+    downscale: float = field(default=1.0, metadata=opt("fit at the capture resolution divided by this (images and K)"))
     tile_size: int | None = None  # rasterizer tile; None: 8 on the torch backend, 16 on gsplat
     # scene
     sh_degree: int = 3
@@ -52,14 +60,20 @@ class FitConfig:
     # losses
     ssim_lambda: float = 0.2
     label_weight: float = 0.5
-    label_mode: str = "probs"  # probs | logits (probs measured better, see bench/fit_speed.py)
+    label_mode: str = field(default="probs", metadata=opt(
+        "label rendering: blended per-Gaussian probabilities, or the softmax of blended logits (probs measured "
+        "better, docs/benchmarks.md)", choices=("probs", "logits")))
     label_bg_logit: float = 10.0  # background-class logit composited with T (logits mode)
     label_background: bool = True  # composite the background class with the transmittance
     # False: noisy labels must not drag the geometry (measured with base-parser labels, both rigs:
     # +8..+24 mIoU at |yaw| >= 75 and a 6 deg instead of 34 deg head frame; docs/benchmarks.md)
-    label_grad_to_geometry: bool = False
-    confidence_weighting: bool = True
-    consensus_outliers: bool = False
+    label_grad_to_geometry: bool = field(default=False, metadata=opt(
+        "let the label loss move the geometry too (default: it updates the class logits only)",
+        flag="--label-grad-geometry"))
+    confidence_weighting: bool = field(default=True, metadata=opt("ignore the initial labels' confidence maps",
+                                                                   flag="--no-confidence"))
+    consensus_outliers: bool = field(default=False, metadata=opt(
+        "EM-style down-weighting of labels that disagree with the 3D consensus"))
     consensus_start: int | None = None  # warm-up before the E-step (default steps // 3)
     consensus_prior: float = 0.9  # initial per-view inlier prior pi_v
     consensus_momentum: float = 0.9
@@ -96,6 +110,8 @@ class FitConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
+    # FitConfig's own field defaults (what `facegs refine` ran before it had presets)
+    "default": {},
     # unit tests: 32 px scenes, a few dozen steps
     "test": dict(steps=30, views_per_step=2, sh_degree=1, max_gaussians=3_000, eval_at_end=False,
                  init=InitConfig(num_points=600, grid_res=24)),

@@ -1,10 +1,18 @@
-"""TODO docstring."""
+"""The fit's input: every view of a subject as tensors of one size (:class:`ViewData`).
+
+In: a :class:`facegs.core.manifest.SubjectManifest` (images, masks or alpha, ground truth) and the
+initial labels, either in memory (:class:`facegs.label.views.ViewLabels` per view, from the
+labelling stage) or named by the manifest (``labels``/``confidence`` files). Out: :class:`ViewData`
+on the fit device: images channels-last in [0, 1], labels in the canonical set (255 = ignore),
+OpenCV ``viewmats`` (world-to-camera) and ``Ks`` scaled to the fit size (pixel centres at +0.5, so
+resizing by ``s`` is ``K -> diag(s_x, s_y, 1) K`` exactly).
+"""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -15,7 +23,8 @@ from torch import Tensor
 from facegs.core.errors import InputError
 from facegs.core.imageio import read_confidence, read_labels, read_mask, read_rgb
 from facegs.core.labels import CANONICAL, IGNORE_INDEX, remap
-from facegs.core.manifest import SubjectManifest
+from facegs.core.manifest import SubjectManifest, View
+from facegs.label.views import ViewLabels
 
 
 @dataclass
@@ -62,12 +71,14 @@ def _to_canonical(labels: np.ndarray, label_set: str) -> np.ndarray:
 
 
 def load_view_data(manifest: SubjectManifest, views: Sequence[str] | None = None, downscale: float = 1.0,
-                   device: str | torch.device = "cpu") -> ViewData:
+                   device: str | torch.device = "cpu", labels: Mapping[str, ViewLabels] | None = None) -> ViewData:
     """Read the images, labels, confidences, masks (or alpha) of the chosen views.
 
     Every view is resized to ``round(W0 / downscale) x round(H0 / downscale)`` of the FIRST view
     (area filter; nearest for label maps) and its K scaled by ``diag(s_x, s_y, 1)``. Label maps are
     mapped to the canonical set. Views lacking labels (while others have them) get all-ignore maps.
+    ``labels``: in-memory initial labels per view id (canonical); when given, the manifest's
+    ``labels``/``confidence`` files are not read.
     """
     vs = list(manifest.views) if views is None else [manifest.view(v) for v in views]
     if not vs:
@@ -76,7 +87,7 @@ def load_view_data(manifest: SubjectManifest, views: Sequence[str] | None = None
     cols: dict[str, list] = {k: [] for k in ("img", "lab", "conf", "mask", "gt", "K", "w2c", "w")}
     for v in vs:
         try:
-            _load_one(manifest, v, (W, H), cols)
+            _load_one(manifest, v, (W, H), cols, None if labels is None else labels[v.view_id])
         except InputError as e:
             raise e.with_context(subject=manifest.subject_id, view=v.view_id) from None
 
@@ -103,16 +114,20 @@ def load_view_data(manifest: SubjectManifest, views: Sequence[str] | None = None
     )
 
 
-def _load_one(manifest: SubjectManifest, v, size: tuple[int, int], cols: dict[str, list]) -> None:
+def _load_one(manifest: SubjectManifest, v: View, size: tuple[int, int], cols: dict[str, list],
+              given: ViewLabels | None) -> None:
     W, H = size
     if v.distortion is not None and np.any(np.abs(v.distortion) > 1e-9):
         warnings.warn(f"view '{v.view_id}' has lens distortion: the fit assumes undistorted images", stacklevel=3)
     img = read_rgb(manifest.path(v.image))
     h0, w0 = img.shape[:2]
     cols["img"].append(_resize(img, size).astype(np.float32) / 255.0)
-    lab = None if v.labels is None else _to_canonical(read_labels(manifest.path(v.labels)), manifest.label_set)
+    if given is not None:
+        lab, conf = given.labels, given.confidence
+    else:
+        lab = None if v.labels is None else _to_canonical(read_labels(manifest.path(v.labels)), manifest.label_set)
+        conf = None if v.confidence is None else read_confidence(manifest.path(v.confidence))
     cols["lab"].append(None if lab is None else _resize(lab, size, nearest=True))
-    conf = None if v.confidence is None else read_confidence(manifest.path(v.confidence))
     cols["conf"].append(None if conf is None else _resize(conf, size))
     if v.mask is not None:
         m = read_mask(manifest.path(v.mask)).astype(np.float32)

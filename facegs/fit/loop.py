@@ -53,8 +53,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -75,6 +76,7 @@ from facegs.fit.losses import (
     update_inlier_prior,
     weighted_mean,
 )
+from facegs.label.views import ViewLabels
 from facegs.splat.render import (
     BACKGROUND_CLASS,
     LABEL_MODES,
@@ -257,13 +259,16 @@ def deterministic_algorithms(enabled: bool = True):
 
 
 def fit_subject(manifest: SubjectManifest, cfg: FitConfig | None = None, device: str | torch.device = "cpu",
-                backend: str = "auto", progress: bool = True, views: Sequence[str] | None = None) -> FitResult:
+                backend: str = "auto", progress: bool = True, views: Sequence[str] | None = None,
+                labels: Mapping[str, ViewLabels] | None = None) -> FitResult:
     """Fit one subject: load views, initialise, optimise ``cfg.steps`` steps, evaluate.
 
     Seeds ``torch.manual_seed(cfg.seed)`` (global; densification splits draw from it) so that the
     same inputs give identical parameters on the CPU. ``views``: view ids to fit (default all).
+    ``labels``: in-memory initial labels (:func:`facegs.label.views.initial_labels`); default: the
+    manifest's label files.
     """
-    data = load_view_data(manifest, views, (cfg or FitConfig()).downscale, device)
+    data = load_view_data(manifest, views, (cfg or FitConfig()).downscale, device, labels=labels)
     return fit_views(data, cfg, manifest=manifest, device=device, backend=backend, progress=progress)
 
 

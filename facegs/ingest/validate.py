@@ -37,7 +37,7 @@ from facegs.core.cameras import rotation_problem
 from facegs.core.errors import InputError
 from facegs.core.imageio import image_size, read_confidence, read_depth, read_labels, read_mask, read_rgb
 from facegs.core.labels import IGNORE_INDEX, get_label_set
-from facegs.core.manifest import MANIFEST_NAME, VIEW_FILE_FIELDS, SubjectManifest, find_subject_dirs, load_manifest
+from facegs.core.manifest import MANIFEST_NAME, VIEW_FILE_FIELDS, SubjectManifest, find_subject_dirs, manifest_from_json
 from facegs.core.schemas import load_json_schema
 
 ERROR = "error"
@@ -209,14 +209,15 @@ def _check_files(m: SubjectManifest, v: Any, col: _Collector, num_classes: int |
             col.add(v.view_id, fld, f"{what} is {w}x{h} pixels but the view says {v.width}x{v.height}", path)
 
 
-def validate_subject(
+def check_subject(
     subject_dir: str | os.PathLike,
     *,
     check_images: bool = True,
     min_views: int = 4,
     label_set: str | None = None,
-) -> list[Problem]:
-    """Every problem of one subject directory (empty list: valid).
+) -> tuple[list[Problem], SubjectManifest | None]:
+    """Every problem of one subject directory (empty list: valid) and its manifest (None when
+    ``subject.json`` is missing, unreadable or violates the schema). ``subject.json`` is read once.
 
     ``check_images``: decode every image / map (label values are checked only then); otherwise
     read headers only. ``label_set`` overrides the manifest's label set for the class-range check.
@@ -225,12 +226,8 @@ def validate_subject(
     col = _Collector(subject_dir.name)
     d = _read_manifest_json(subject_dir, col)
     if d is None:
-        return col.problems
-    try:
-        m = load_manifest(subject_dir)
-    except InputError as e:  # schema passed, so this is unexpected; report rather than crash
-        col.add_error(e, None, MANIFEST_NAME)
-        return col.problems
+        return col.problems, None
+    m = manifest_from_json(d, subject_dir)
     mpath = subject_dir / MANIFEST_NAME
     ids = [v.view_id for v in m.views]
     for vid in sorted({i for i in ids if ids.count(i) > 1}):
@@ -252,7 +249,13 @@ def validate_subject(
         if v.distortion is not None and np.any(np.asarray(v.distortion) != 0):
             col.add(v.view_id, "distortion", "image is distorted; facegs stages assume undistorted pinhole images", mpath, WARNING)
         _check_files(m, v, col, num_classes, check_images)
-    return col.problems
+    return col.problems, m
+
+
+def validate_subject(subject_dir: str | os.PathLike, *, check_images: bool = True, min_views: int = 4,
+                     label_set: str | None = None) -> list[Problem]:
+    """Every problem of one subject directory (empty list: valid); see :func:`check_subject`."""
+    return check_subject(subject_dir, check_images=check_images, min_views=min_views, label_set=label_set)[0]
 
 
 def validate_tree(root: str | os.PathLike, *, check_images: bool = True, min_views: int = 4) -> dict[str, list[Problem]]:
@@ -268,13 +271,9 @@ def validate_tree(root: str | os.PathLike, *, check_images: bool = True, min_vie
     owners: dict[str, list[str]] = {}
     for d in dirs:
         key = d.name if d == root else d.relative_to(root).as_posix()
-        report[key] = validate_subject(d, check_images=check_images, min_views=min_views)
-        try:
-            sid = json.loads((d / MANIFEST_NAME).read_text(encoding="utf-8")).get("subject_id")
-        except Exception:  # unreadable manifests are already reported
-            sid = None
-        if isinstance(sid, str):
-            owners.setdefault(sid, []).append(key)
+        report[key], m = check_subject(d, check_images=check_images, min_views=min_views)
+        if m is not None:
+            owners.setdefault(m.subject_id, []).append(key)
     for sid, keys in owners.items():
         if len(keys) > 1:
             for k in keys:
@@ -287,7 +286,9 @@ def load_subject(
 ) -> SubjectManifest:
     """Load a subject for a pipeline stage: raise the FIRST error as :class:`InputError`, else return
     the manifest. Headers only by default (``check_images=True`` decodes every file)."""
-    for p in validate_subject(subject_dir, check_images=check_images, min_views=min_views, label_set=label_set):
+    problems, m = check_subject(subject_dir, check_images=check_images, min_views=min_views, label_set=label_set)
+    for p in problems:
         if p.severity == ERROR:
             raise p.to_error()
-    return load_manifest(subject_dir)
+    assert m is not None  # no error means the manifest was readable
+    return m

@@ -10,7 +10,7 @@ import numpy as np
 
 from facegs.core.errors import InputError
 from facegs.core.hashing import canonical_json, to_builtin
-from facegs.core.imageio import encode_gray_png, encode_label_png, encode_rgb
+from facegs.core.imageio import encode_gray_png, encode_label_png, encode_rgb, quantize_unit
 from facegs.core.labels import IGNORE_INDEX, get_label_set
 from facegs.shards.schema import (
     OPTIONAL_FIELDS,
@@ -125,10 +125,6 @@ def encode_sample(sample: Sample, rgb_format: str = "jpg", jpeg_quality: int = 9
         members["alpha.png"] = encode_gray_png(quantize_unit(sample.alpha))
     return {k: members[k] for k in order}
 
-
-def quantize_unit(x: np.ndarray) -> np.ndarray:
-    """[H, W] values in [0, 1] -> uint8 ``round(x * 255)`` (confidence and alpha maps)."""
-    return np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,9 @@ import jsonschema
 import numpy as np
 import pyarrow as pa
 
+import facegs
 from facegs.core.errors import InputError
+from facegs.core.labels import CANONICAL, get_label_set
 from facegs.core.schemas import load_json_schema
 
 SCHEMA_VERSION = 1
@@ -44,6 +46,31 @@ def sample_key(subject_id: str, view_index: int) -> str:
     if "." in subject_id or "/" in subject_id:
         raise ValueError(f"subject id '{subject_id}' must not contain '.' or '/'")
     return f"{subject_id}_{int(view_index):05d}"
+
+
+def sample_meta(subject_id: str, view_index: int, *, source: str, width: int, height: int,
+                pose: tuple[float, float, float], K: np.ndarray, world_to_camera: np.ndarray,
+                world_from_head: np.ndarray | None, rgb_format: str, config_hash: str,
+                fit_metrics: dict[str, Any] | None = None, label_set: str = CANONICAL) -> dict[str, Any]:
+    """The ``json`` member of a sample (``schemas/shard_sample.schema.json``, version
+    :data:`SCHEMA_VERSION`): built here only, for renders (``source="render"``, with the subject's
+    ``fit_metrics``) and capture views (``source="capture"``). ``pose`` = (yaw, pitch, roll) degrees
+    in the head frame, rounded to 6 decimals; ``K`` [3, 3], ``world_to_camera`` [4, 4] (OpenCV),
+    ``world_from_head`` [4, 4] or None."""
+    ls = get_label_set(label_set)
+    yaw, pitch, roll = (round(float(a), 6) for a in pose)
+    meta: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "key": sample_key(subject_id, view_index), "subject_id": subject_id,
+        "view_index": int(view_index), "source": source, "width": int(width), "height": int(height),
+        "yaw": yaw, "pitch": pitch, "roll": roll, "K": np.asarray(K, np.float64).tolist(),
+        "world_to_camera": np.asarray(world_to_camera, np.float64).tolist(),
+        "world_from_head": None if world_from_head is None else np.asarray(world_from_head, np.float64).tolist(),
+        "label_set": ls.name, "label_set_version": ls.version, "rgb_format": rgb_format,
+        "config_hash": config_hash, "facegs_version": facegs.__version__,
+    }
+    if fit_metrics is not None:
+        meta["fit_metrics"] = fit_metrics
+    return meta
 
 
 def shard_name(prefix: str, index: int) -> str:

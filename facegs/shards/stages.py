@@ -10,7 +10,7 @@ import fsspec
 import numpy as np
 
 from facegs.core.errors import InputError
-from facegs.core.imageio import decode_gray_png, decode_label_png, decode_rgb
+from facegs.core.imageio import decode_gray_png, decode_label_png, decode_rgb, dequantize_unit
 from facegs.core.labels import get_label_set, mapping_lut
 from facegs.shards.schema import RGB_FIELDS
 from facegs.shards.tarsafe import DEFAULT_MAX_MEMBER_BYTES, iter_tar_members
@@ -112,9 +112,9 @@ def decode_sample(raw: RawSample) -> Decoded:
         "__shard__": shard,
         "rgb": decode_rgb(raw[rgb_fields[0]], f"{where}.{rgb_fields[0]}"),
         "seg": decode_label_png(raw["seg.png"], f"{where}.seg.png"),
-        "conf": _decode_unit_png(raw["conf.png"], f"{where}.conf.png"),
+        "conf": dequantize_unit(decode_gray_png(raw["conf.png"], f"{where}.conf.png")),
         "ignore": decode_gray_png(raw["ignore.png"], f"{where}.ignore.png") >= 128,
-        "alpha": _decode_unit_png(raw["alpha.png"], f"{where}.alpha.png") if "alpha.png" in raw else None,
+        "alpha": dequantize_unit(decode_gray_png(raw["alpha.png"], f"{where}.alpha.png")) if "alpha.png" in raw else None,
         "meta": meta,
         "hflip": False,
     }
@@ -124,10 +124,6 @@ def decode_sample(raw: RawSample) -> Decoded:
             raise InputError(f"{fld} is {list(out[fld].shape)}, image is {[h, w]}", view=key, field=fld, path=shard)
     return out
 
-
-def _decode_unit_png(data: bytes, where: str) -> np.ndarray:
-    """An 8-bit map of values in [0, 1] (confidence, alpha) -> [H, W] float32 ``value / 255``."""
-    return decode_gray_png(data, where).astype(np.float32) / np.float32(255.0)
 
 
 def select_abs_yaw(raws: Iterable[RawSample], lo: float, hi: float,
