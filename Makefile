@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv lint test test-fast demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check facegs ray_jobs bench tests
+
+test: lint
 	$(BIN)/python -m pytest tests -v --durations=25
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest tests -m "not slow" -q
 
 demo: $(STAMP)

@@ -40,8 +40,9 @@ from facegs.headframe.scene import head_frame_from_scene  # noqa: E402
 from facegs.label.views import label_subject_with_noise, label_subject_with_parser
 from facegs.parser.checkpoint import load_parser  # noqa: E402
 from facegs.parser.predict import predict_probs
+from facegs.render.cleanup import CleanupConfig  # noqa: E402
 from facegs.render.poses import cameras_for_poses, match_capture_intrinsics  # noqa: E402
-from facegs.render.views import RefineConfig, render_novel_views  # noqa: E402
+from facegs.render.views import render_novel_views  # noqa: E402
 from facegs.synth.generate import generate_dataset  # noqa: E402
 from facegs.synth.params import HeadParams  # noqa: E402
 from facegs.synth.raytrace import render_views as synth_render  # noqa: E402
@@ -120,9 +121,8 @@ def run(rig: str, a: argparse.Namespace) -> dict:
             except ValueError:
                 frame, err = T, float("nan")
             headframe_err.setdefault(arm, []).append(err)
-            cfg = RefineConfig(fit=fcfg, res=a.res)
             # every arm renders the same evaluation cameras, so all arms are scored on identical views
-            for k, rv in enumerate(render_novel_views(fit.params, gt_cams, W, H, frame, cfg, progress=False)):
+            for k, rv in enumerate(render_novel_views(fit.params, gt_cams, W, H, frame, fcfg, CleanupConfig(), progress=False)):
                 yaw, pitch, _ = w2c_to_head_pose(gt_cams[k][0], T)
                 ev(arm).update(rv.labels, gt_cache[k]["labels"], yaw=yaw, pitch=pitch)
                 if labeller == "parser" and not overrides:

@@ -105,7 +105,8 @@ def main() -> None:
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         try:
-            endpoint = "http://%s:%d" % server.get_host_and_port()
+            host, port = server.get_host_and_port()
+            endpoint = f"http://{host}:{port}"
             boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
                          aws_secret_access_key="testing").create_bucket(Bucket="facegs-bench")
             opts = {"key": "testing", "secret": "testing", "endpoint_url": endpoint}

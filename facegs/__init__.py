@@ -1,8 +1,9 @@
 """facegs: multi-view 3D Gaussian splatting label refinement for face parsing under extreme poses.
 
-Data flows one way: ingest (facegs.ingest, facegs.synth) -> label (facegs.parsing) -> fit (facegs.fit.loop)
--> render (facegs.splat.rasterize) -> shard (facegs.shards.writer) -> train -> evaluate (facegs.evaluate.metrics).
-The library never imports Ray; ``ray_jobs/`` wires it to a cluster.
+Its folders are the stages, in the order data flows (docs/architecture.md):
+core -> ingest / synth -> parser -> label -> splat -> fit -> headframe -> render -> shards -> factory
+-> train -> evaluate, and cli on top. A module imports only its own stage and earlier ones. The
+library never imports Ray; ``ray_jobs/`` wires it to a cluster.
 
 Conventions used everywhere (stated once here, repeated in docstrings where they matter):
 - Cameras are OpenCV pinhole cameras: +x right, +y down, +z forward (into the scene).

@@ -21,6 +21,7 @@ from facegs.core.errors import InputError
 from facegs.core.manifest import load_manifest
 from facegs.core.viz import write_contact_sheet
 from facegs.evaluate.parser import evaluate_parser
+from facegs.evaluate.report import save_evaluation
 from facegs.ingest.validate import validate_tree
 from facegs.label.views import label_subject_with_parser
 from facegs.parser.checkpoint import load_parser
@@ -67,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     def stage(name: str) -> None:
         timings[name] = round(time.perf_counter() - t0 - sum(timings.values()), 1)
 
-
     print(f"[1/6] synthesising {a.subjects} subjects ({a.rig} rig, {a.res}px) into {out / 'subjects'}")
     dirs = generate_dataset(out / "subjects", a.subjects, master_seed=a.seed, skip_existing=True, rig=a.rig, res=a.res)
     stage("synth")
@@ -90,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         write_contact_sheet(load_manifest(d), sheets / f"{d.name}.png", max_views=24)
     stage("contact_sheets")
 
-
     ckpt = out / "parser" / "base.pt"
     if not ckpt.is_file():
         print(f"[4/6] training the base parser on near-frontal views ({a.parser_steps} steps)")
@@ -103,13 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[4/6] reusing base parser {ckpt}")
     stage("base_parser")
 
-
     print("[5/6] labelling every capture view with the base parser and evaluating against ground truth")
     parser = load_parser(ckpt)
     for d in dirs:
         label_subject_with_parser(d, parser, flip_tta=True, parser_name=ckpt.name)
     ev = evaluate_parser(parser, collect_views(dirs), flip_tta=True)
-    ev.save(out / "eval_base_parser")
+    save_evaluation(ev, out / "eval_base_parser")
     stage("label_and_eval")
 
     print("[6/6] EM round on a local Ray: parser labels -> 3DGS fit -> head-frame renders -> shards -> Ray Train "

@@ -28,6 +28,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
+from facegs.core.errors import InputError
+from facegs.evaluate.compare import check_name, evaluate_checkpoints
+from facegs.evaluate.report import write_report
+from facegs.evaluate.tables import summary_table
+from facegs.evaluate.testsets import DEFAULT_PITCHES, DEFAULT_YAWS, load_test_items, make_test_set
+
 
 def _floats(text: str) -> list[float]:
     try:
@@ -114,11 +122,6 @@ def _error(msg: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    from facegs.core.errors import InputError
-    from facegs.evaluate.compare import check_name, evaluate_checkpoints
-    from facegs.evaluate.report import write_report
-    from facegs.evaluate.tables import summary_table
-    from facegs.evaluate.testsets import DEFAULT_PITCHES, DEFAULT_YAWS, load_test_items, make_test_set
 
     try:
         ckpts = _pairs(a.ckpt, "--ckpt", default_name=True)
@@ -138,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--batch-size must be >= 1")
     except (ValueError, InputError) as e:
         return _error(str(e))
-
-    import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     if device == "cuda" and not torch.cuda.is_available():

@@ -77,11 +77,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import cv2
 import fsspec
 import ray
 import ray.train
 import ray.train.torch
 import torch
+import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -89,10 +91,9 @@ from facegs.core.errors import InputError
 from facegs.core.options import add_options, from_namespace
 from facegs.core.storage import put_bytes_atomic
 from facegs.shards.stages import split_shards
-from facegs.train.finetune import (
+from facegs.train.epochs import (
     HISTORY_FILE,
     PARSER_FILE,
-    FinetuneConfig,
     epoch_record,
     event,
     initial_model,
@@ -100,12 +101,11 @@ from facegs.train.finetune import (
     make_data,
     make_training,
     maybe_fail,
-    metrics_path,
-    prepare,
     restore,
     run_epoch,
     write_checkpoint,
 )
+from facegs.train.finetune import FinetuneConfig, metrics_path, prepare
 from ray_jobs.ray_session import connect
 
 
@@ -114,8 +114,6 @@ class FinetuneError(RuntimeError):
 
 
 def _gather(obj: Any) -> list[Any]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         out: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(out, obj)
@@ -126,7 +124,6 @@ def _gather(obj: Any) -> list[Any]:
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train per-worker loop (see the module docstring). ``config``: ``{"cfg": FinetuneConfig as a
     dict, "init_ref": object ref of prepare()'s initial weights, "shards", "driver_id"}``."""
-    import cv2
 
     c = FinetuneConfig.from_any(config["cfg"])
     torch.set_num_threads(max(1, c.threads))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 
+import ray
+
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Use the Ray already initialised in this process, else connect to ``address`` (default
     ``$RAY_ADDRESS``, set inside ``ray job submit``), else start a local Ray with ``num_cpus``
     CPUs and no dashboard. Returns True when this call started or connected Ray (the caller then
     calls ``ray.shutdown()``)."""
-    import ray
 
     if ray.is_initialized():
         return False

@@ -12,17 +12,10 @@ import torch
 from facegs.core.errors import InputError
 from facegs.core.labels import LabelSet, get_label_set
 from facegs.parser.bisenet import BiSeNet, count_trainable_parameters, expected_state_shapes
-from facegs.parser.checkpoint import (
-    MISSING_LOGIT,
-    CheckpointMismatchError,
-    ParserModel,
-    export_torchscript,
-    load_bisenet_state_dict,
-    load_parser,
-    save_parser,
-    to_canonical_logits,
-)
+from facegs.parser.checkpoint import export_torchscript, load_parser, save_parser
+from facegs.parser.model import MISSING_LOGIT, ParserModel, to_canonical_logits
 from facegs.parser.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_rgb
+from facegs.parser.state_dict import CheckpointMismatchError, load_bisenet_state_dict
 
 # torch.jit (TorchScript) is deprecated upstream but remains the portable export format here
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")

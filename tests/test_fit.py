@@ -22,7 +22,7 @@ from facegs.fit.init import init_scene
 from facegs.fit.loop import fit_step, fit_subject, fit_views, make_optimizers, new_fit_state
 from facegs.fit.losses import consensus_inlier_weight, label_nll, ssim, update_inlier_prior
 from facegs.splat.rasterize import rasterize
-from facegs.splat.render import background_label_vector, label_colors, label_probs, render_rgb_labels
+from facegs.splat.rgb_labels import background_label_vector, label_colors, label_probs, render_rgb_labels
 from facegs.splat.scene import activated, colors_and_logits, make_params
 
 SIZE = 32

@@ -25,8 +25,8 @@ from facegs.core.imageio import read_rgb, write_rgb
 from facegs.core.manifest import load_manifest
 from facegs.ingest import available_formats, ingest
 from facegs.ingest.colmap import camera_to_opencv
-from facegs.ingest.common import apply_color_matrix
 from facegs.ingest.compare import umeyama
+from facegs.ingest.images import apply_color_matrix
 from facegs.ingest.nerfstudio import gl_c2w_to_cv_w2c
 from facegs.ingest.validate import validate_subject
 

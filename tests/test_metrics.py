@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from facegs.core.labels import get_label_set
-from facegs.evaluate.metrics import ConfusionMatrix, PoseBinnedEvaluator, component_counts, summary_to_markdown
+from facegs.evaluate.confusion import ConfusionMatrix, component_counts
+from facegs.evaluate.metrics import PoseBinnedEvaluator, summary_to_markdown
 from facegs.evaluate.plots import plot_f1_vs_yaw
+from facegs.evaluate.report import save_evaluation
 
 IGN = 255
 # Hand-made 3-class example (rows GT, columns prediction):
@@ -132,7 +134,7 @@ def test_summary_json_round_trip_and_markdown_numbers(tmp_path):
     for number in ("58.33", "44.44", "62.50", "66.67", "60-75"):
         assert number in md
     assert md == summary_to_markdown(s, "test")
-    paths = ev.save(tmp_path / "report", name="base")
+    paths = save_evaluation(ev, tmp_path / "report", name="base")
     assert json.loads(paths["json"].read_text())["summary"] == s
     assert PoseBinnedEvaluator.load(tmp_path / "report").summary() == s
     assert "58.33" in paths["markdown"].read_text()

@@ -27,13 +27,9 @@ import torch
 from facegs.splat.projection import project_gaussians
 from facegs.splat.rasterize import rasterize, resolve_backend
 from facegs.splat.reference import reference_rasterize
-from facegs.splat.torch_backend import (
-    isect_offset_encode,
-    isect_tiles,
-    rasterize_to_pixels,
-    spherical_harmonics,
-    tile_grid,
-)
+from facegs.splat.sh import spherical_harmonics
+from facegs.splat.tiles import isect_offset_encode, isect_tiles, tile_grid
+from facegs.splat.torch_backend import rasterize_to_pixels
 
 W, H = 24, 20
 IMG_TOL = 1e-4

@@ -43,5 +43,5 @@ def test_pose_histogram_and_manifest_table():
            "config_hash": "deadbeef", "facegs_version": "0.1.0"}
     t = shard_record_table([dict(rec, shard_index=1), rec])
     assert t.schema.equals(SHARD_MANIFEST_SCHEMA) and t["shard_index"].to_pylist() == [0, 1]
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):  # pyarrow.ArrowInvalid
         shard_record_table([dict(rec, yaw_hist=[1, 2])])  # wrong histogram length

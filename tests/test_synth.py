@@ -217,7 +217,8 @@ def test_world_background_is_fixed_in_the_world():
     views = custom([40.0, 55.0], [0.0, 0.0], width=res, height=res)
     outs = render_views(head, [(K, w, res, res) for _, K, w in views])
     # ray of pixel (2, 2) of view 0 hits the environment sphere at X; find X in view 1
-    from facegs.synth.raytrace import ENV_RADIUS, camera_rays
+    from facegs.synth.raytrace import camera_rays
+    from facegs.synth.shading import ENV_RADIUS
 
     o, d, _, _ = camera_rays(views[0][1], views[0][2], res, res)
     o, d = o.double().numpy()[2 * res + 2], d.double().numpy()[2 * res + 2]
@@ -282,7 +283,7 @@ def test_generate_subject_writes_a_valid_deterministic_subject(tmp_path):
     assert HeadParams.from_dict(loaded.source["params"]) == sample_head_params(5)
     T = loaded.world_from_head
     assert np.allclose(T, sample_head_params(5).world_from_head_matrix)
-    for v, v2 in zip(loaded.views, m2.views, strict=True):
+    for v, _v2 in zip(loaded.views, m2.views, strict=True):
         for rel in (v.image, v.gt_labels, v.gt_depth, v.mask):
             assert (loaded.root / rel).read_bytes() == (m2.root / rel).read_bytes()
         lab, depth, mask = read_labels(loaded.path(v.gt_labels)), read_depth(loaded.path(v.gt_depth)), read_mask(loaded.path(v.mask))

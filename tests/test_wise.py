@@ -13,10 +13,11 @@ import torch
 from facegs.cli.app import main as facegs_main
 from facegs.evaluate.compare import evaluate_checkpoints
 from facegs.evaluate.testsets import load_test_items
+from facegs.evaluate.wise import choose_alpha, overall_mean_f1
 from facegs.parser.bisenet import BiSeNet
 from facegs.parser.checkpoint import load_parser, save_parser
 from facegs.synth.generate import generate_subject
-from facegs.train.wise import choose_alpha, interpolate_parsers, interpolate_state_dicts, overall_mean_f1
+from facegs.train.wise import interpolate_parsers, interpolate_state_dicts
 
 torch.set_num_threads(1)
 SIZE = 64

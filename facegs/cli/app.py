@@ -11,6 +11,9 @@ import importlib
 import os
 import sys
 
+import torch
+
+from facegs import __version__
 from facegs.core.errors import FitError, InputError
 
 # Order = order in `facegs --help`, following the data flow.
@@ -18,7 +21,8 @@ COMMAND_MODULES = (
     "facegs.cli.synth",  # facegs synth, facegs contact-sheet
     "facegs.cli.ingest",  # facegs ingest
     "facegs.cli.validate",  # facegs validate
-    "facegs.cli.parser",  # facegs parser ..., facegs label
+    "facegs.cli.parser",  # facegs parser ...
+    "facegs.cli.label",  # facegs label
     "facegs.cli.refine",  # facegs refine
     "facegs.cli.dataset",  # facegs dataset info/sheet/finalize
 )
@@ -34,7 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'facegs COMMAND --help' for the options of one command.",
     )
-    from facegs import __version__
 
     p.add_argument("--version", action="version", version=f"facegs {__version__}")
     p.add_argument("--threads", type=int, default=None,
@@ -54,8 +57,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     threads = args.threads or int(os.environ.get("FACEGS_THREADS", "0") or 0)
     if threads > 0:
-        import torch
-
         torch.set_num_threads(threads)
     try:
         return int(args.func(args) or 0)

@@ -15,6 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from facegs.factory.markers import FAILURES_DIR, complete_subjects, finalize, read_json_dir
+from facegs.shards.manifest import read_manifest
+from facegs.shards.root import DatasetRoot
+from facegs.shards.scan import find_orphans
+from facegs.shards.schema import PITCH_EDGES, YAW_EDGES
+from facegs.shards.sheet import write_shard_contact_sheet
+
 
 def _so(a: argparse.Namespace) -> dict[str, Any] | None:
     return json.loads(a.storage_options) if a.storage_options else None
@@ -27,12 +34,6 @@ def _bars(counts: list[int], edges: np.ndarray, width: int = 40) -> list[str]:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from facegs.factory.markers import FAILURES_DIR, complete_subjects, read_json_dir
-    from facegs.shards.manifest import read_manifest
-    from facegs.shards.root import DatasetRoot
-    from facegs.shards.scan import find_orphans
-    from facegs.shards.schema import PITCH_EDGES, YAW_EDGES
-
     so = _so(a)
     root = DatasetRoot.open(a.root, so)
     t = read_manifest(root)
@@ -67,16 +68,12 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_sheet(a: argparse.Namespace) -> int:
-    from facegs.shards.sheet import write_shard_contact_sheet
-
     out = write_shard_contact_sheet(a.root, a.out, max_samples=a.max_samples, tile=a.tile, storage_options=_so(a))
     print(f"wrote {out}")
     return 0
 
 
 def cmd_finalize(a: argparse.Namespace) -> int:
-    from facegs.factory.markers import finalize
-
     print(json.dumps(finalize(a.root, _so(a)), indent=1))
     return 0
 

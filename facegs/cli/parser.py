@@ -1,4 +1,4 @@
-"""``facegs parser ...`` (train-base, eval, export) and ``facegs label``."""
+"""``facegs parser ...``: train-base, eval, export, interpolate (WiSE-FT)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,23 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 
-def _device(name: str) -> str:
-    import torch
+from facegs.evaluate.parser import evaluate_parser
+from facegs.evaluate.report import save_evaluation
+from facegs.evaluate.testsets import load_test_items
+from facegs.evaluate.wise import write_chosen
+from facegs.parser.checkpoint import export_torchscript, load_parser
+from facegs.train.augment import AugmentConfig
+from facegs.train.base_parser import BaseParserConfig, train_base_parser
+from facegs.train.data import collect_views
+from facegs.train.loop import TrainConfig
+from facegs.train.losses import ParserLossConfig
+from facegs.train.wise import write_interpolated
+
+
+def device_of(name: str) -> str:
+    """``auto`` -> cuda when available, else cpu; other names pass through."""
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -99,38 +113,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.set_defaults(func=_cmd_interpolate)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
-    lab = sub.add_parser(
-        "label",
-        help="write initial labels + confidence for every view (a parser, or a noise model on ground truth)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
-            "Predict a label map (canonical celebamask19 classes) and a per-pixel confidence (max softmax "
-            "probability) for every view of each subject, and record them in subject.json as 'labels' and "
-            "'confidence'. Previous labels are replaced only once the new ones are complete.\n\n"
-            "With --noise, labels are derived from the subjects' ground truth through a seeded noise model "
-            "instead (benchmarks): pixel:R (fraction R of pixels set to a random class), lr_swap:P (per-view "
-            "left/right swap with probability P), boundary:K (region boundaries shifted by up to K px), "
-            "pose:S (degradation growing with |yaw|, strength S); combine with commas."
-        ),
-    )
-    lab.add_argument("subjects", nargs="+", help="subject directories or trees of subjects")
-    g = lab.add_mutually_exclusive_group(required=True)
-    g.add_argument("--parser", help="parser checkpoint (facegs, published BiSeNet layout, or TorchScript)")
-    g.add_argument("--noise", help="noise spec applied to ground truth, e.g. 'pixel:0.5' or 'lr_swap:0.3,boundary:2'")
-    lab.add_argument("--label-set", default=None, help="declared label set of a TorchScript parser's outputs")
-    lab.add_argument("--flip-tta", action="store_true", help="flip test-time augmentation (left/right aware)")
-    lab.add_argument("--batch-size", type=int, default=8)
-    lab.add_argument("--seed", type=int, default=0, help="seed of the noise model")
-    lab.add_argument("--device", default="auto")
-    lab.set_defaults(func=_cmd_label)
 
 
 def _cmd_train_base(a: argparse.Namespace) -> int:
-    from facegs.train.augment import AugmentConfig
-    from facegs.train.base_parser import BaseParserConfig, train_base_parser
-    from facegs.train.loop import TrainConfig
-    from facegs.train.losses import ParserLossConfig
-
     cfg = BaseParserConfig(
         subjects=a.subjects, views=a.views, res=a.res, width=a.width, max_abs_yaw=a.max_yaw,
         max_abs_pitch=a.max_pitch, seed=a.seed,
@@ -139,28 +124,22 @@ def _cmd_train_base(a: argparse.Namespace) -> int:
                           augment=AugmentConfig(out_size=a.res)),
     )
     data = Path(a.data) if a.data else Path(str(a.out) + ".data")
-    summary = train_base_parser(cfg, data, Path(a.out), device=_device(a.device))
+    summary = train_base_parser(cfg, data, Path(a.out), device=device_of(a.device))
     print(json.dumps(summary, indent=1))
     return 0
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from facegs.evaluate.parser import evaluate_parser
-    from facegs.parser.checkpoint import load_parser
-    from facegs.train.data import collect_views
-
-    parser = load_parser(a.parser, device=_device(a.device), label_set=a.label_set)
+    parser = load_parser(a.parser, device=device_of(a.device), label_set=a.label_set)
     items = collect_views(a.data, label_field=a.label_field)
     ev = evaluate_parser(parser, items, flip_tta=a.flip_tta)
-    ev.save(a.out)
+    save_evaluation(ev, a.out)
     print(ev.to_markdown())
     print(f"\nwrote {a.out}/metrics.json, metrics.md and the plot", file=sys.stderr)
     return 0
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from facegs.parser.checkpoint import export_torchscript, load_parser
-
     pm = load_parser(a.parser)
     h, w = pm.input_size if pm.input_size else (512, 512)
     export_torchscript(pm, a.out, example_size=(1, 3, h, w), label_set=pm.label_set,
@@ -170,20 +149,16 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_interpolate(a: argparse.Namespace) -> int:
-    from facegs.train.wise import write_interpolated
-
     if a.alpha is not None and not 0.0 <= a.alpha <= 1.0:
         print(f"facegs parser interpolate: error: --alpha must be in [0, 1], got {a.alpha}", file=sys.stderr)
         return 2
-    items = None
-    if a.val:
-        from facegs.evaluate.testsets import load_test_items
-
-        items = load_test_items(a.val, label_set=a.val_label_set)
     try:
-        info = write_interpolated(a.base, a.finetuned, a.out, a.alpha, val_items=items, max_drop=a.max_drop,
-                                  flip_tta=a.flip_tta, progress=True,
-                                  extra={"chosen_on": [str(v) for v in a.val]} if a.val else None)
+        if a.val:
+            items = load_test_items(a.val, label_set=a.val_label_set)
+            info = write_chosen(a.base, a.finetuned, a.out, items, max_drop=a.max_drop, flip_tta=a.flip_tta,
+                                progress=True, extra={"chosen_on": [str(v) for v in a.val]})
+        else:
+            info = write_interpolated(a.base, a.finetuned, a.out, a.alpha)
     except (ValueError, FileNotFoundError) as e:
         print(f"facegs parser interpolate: error: {e}", file=sys.stderr)
         return 2
@@ -193,26 +168,4 @@ def _cmd_interpolate(a: argparse.Namespace) -> int:
             mark = "  <- chosen" if row["alpha"] == info["alpha"] else ""
             print(f"{row['alpha']:6.2f} {row['mean_f1']:17.2f}{mark}")
     print(f"wrote {a.out} (alpha {info['alpha']:g})")
-    return 0
-
-
-def _cmd_label(a: argparse.Namespace) -> int:
-    from facegs.core.manifest import find_subject_dirs
-    from facegs.label.views import label_subject_with_noise, label_subject_with_parser
-
-    dirs = [d for s in a.subjects for d in find_subject_dirs(s)]
-    if not dirs:
-        print(f"facegs label: error: no subject.json found under {a.subjects}", file=sys.stderr)
-        return 1
-    if a.parser:
-        from facegs.parser.checkpoint import load_parser
-
-        parser = load_parser(a.parser, device=_device(a.device), label_set=a.label_set)
-        for d in dirs:
-            label_subject_with_parser(d, parser, batch_size=a.batch_size, flip_tta=a.flip_tta,
-                                      parser_name=Path(a.parser).name)
-    else:
-        for d in dirs:
-            label_subject_with_noise(d, a.noise, a.seed)
-    print(f"labelled {len(dirs)} subject(s)")
     return 0

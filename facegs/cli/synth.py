@@ -7,6 +7,14 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
+from facegs.core.viz import write_contact_sheet
+from facegs.synth.generate import generate_subject, subject_id_for, subject_seed
+from facegs.synth.rigs import RIG_NAMES, get_rig
+from facegs.synth.shading import BACKGROUNDS
+
 SYNTH_HELP = """\
 Render procedural 3D heads with EXACT per-pixel ground truth, one subject directory per subject:
 
@@ -44,9 +52,6 @@ def _positive(v: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from facegs.synth.raytrace import BACKGROUNDS
-    from facegs.synth.rigs import RIG_NAMES
-
     p = subparsers.add_parser(
         "synth",
         help="render procedural heads with exact labels, depth and masks (subject directories)",
@@ -86,12 +91,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from facegs.synth.generate import generate_subject, subject_id_for, subject_seed
-    from facegs.synth.rigs import get_rig
-
     if not 64 <= args.res <= 1024:
         print(f"facegs synth: error: --res must be within 64..1024, got {args.res}", file=sys.stderr)
         return 2
@@ -120,8 +119,6 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_contact_sheet(args: argparse.Namespace) -> int:
-    from facegs.core.viz import write_contact_sheet
-
     out = write_contact_sheet(args.subject_dir, args.out, label_field=args.labels, max_views=args.max_views,
                               tile=args.tile, alpha=args.alpha)
     print(f"wrote {out}")

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""``facegs validate DIR``: check subject directories and print a table of problems (exit 1 on errors)."""
 
 from __future__ import annotations
 

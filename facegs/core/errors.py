@@ -39,7 +39,7 @@ class InputError(ValueError):
             text += f" (file: {self.path})"
         return text
 
-    def with_context(self, *, subject: str | None = None, view: str | None = None) -> "InputError":
+    def with_context(self, *, subject: str | None = None, view: str | None = None) -> InputError:
         """Return a copy with subject/view filled in where they were unknown."""
         return InputError(
             self.message,

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""Reproducible bytes and hashes: canonical JSON, sha256 of files and URLs, seeds derived from names.
+
+``canonical_json`` (sorted keys, fixed separators, ASCII, no NaN) is what shard metadata, records,
+markers and the config hash are made of, so equal inputs give equal bytes; ``derive_seed`` turns a
+tuple of ints and strings into a 63-bit seed (the same on every machine and Python version).
+"""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -80,7 +80,7 @@ def available_label_sets() -> list[str]:
     return sorted(p.stem for p in (schema_dir() / "labels").glob("*.json"))
 
 
-def get_label_set(name: "str | LabelSet | None" = CANONICAL) -> LabelSet:
+def get_label_set(name: str | LabelSet | None = CANONICAL) -> LabelSet:
     """Load a label set by name (``celebamask19``, ``celebamask_hq``, ``farl``, ``lapa11``).
 
     ``None`` means the canonical set; a :class:`LabelSet` is returned as it is.
@@ -90,7 +90,7 @@ def get_label_set(name: "str | LabelSet | None" = CANONICAL) -> LabelSet:
     return _load_label_set(CANONICAL if name is None else name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_label_set(name: str) -> LabelSet:
     path = schema_dir() / "labels" / f"{name}.json"
     if not path.is_file():

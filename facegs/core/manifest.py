@@ -71,7 +71,7 @@ class View:
         return d
 
     @staticmethod
-    def from_json(d: dict[str, Any]) -> "View":
+    def from_json(d: dict[str, Any]) -> View:
         return View(
             view_id=d["view_id"],
             image=d["image"],
@@ -119,7 +119,7 @@ class SubjectManifest:
                 return v
         raise KeyError(f"subject '{self.subject_id}' has no view '{view_id}'")
 
-    def with_views(self, views: list[View] | tuple[View, ...]) -> "SubjectManifest":
+    def with_views(self, views: list[View] | tuple[View, ...]) -> SubjectManifest:
         return replace(self, views=tuple(views))
 
     def to_json(self) -> dict[str, Any]:

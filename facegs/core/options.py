@@ -197,6 +197,3 @@ def overrides_from_args(cls: type, argv: Sequence[str], prog: str) -> dict[str, 
     p = argparse.ArgumentParser(prog=prog, add_help=False)
     add_options(p, cls, suppress_defaults=True)
     return from_namespace(cls, p.parse_args(list(argv)), build=False)
-
-
-__all__ = ["OPT_KEY", "add_options", "field_help", "from_namespace", "opt", "overrides_from_args"]

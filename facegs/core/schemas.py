@@ -8,7 +8,7 @@ repository root.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ def schema_dir() -> Path:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_json_schema(name: str) -> dict[str, Any]:
     """Load ``schemas/<name>`` (for example ``subject_manifest.schema.json``) as a dict."""
     path = schema_dir() / name

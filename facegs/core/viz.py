@@ -41,7 +41,7 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, label_set: LabelSet | str = "ce
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def _fit(img: np.ndarray, tile: int, nearest: bool = False) -> np.ndarray:
+def fit_tile(img: np.ndarray, tile: int, nearest: bool = False) -> np.ndarray:
     """Resize keeping the aspect ratio and pad to ``tile`` x ``tile`` (black)."""
     h, w = img.shape[:2]
     s = tile / max(h, w)
@@ -53,7 +53,7 @@ def _fit(img: np.ndarray, tile: int, nearest: bool = False) -> np.ndarray:
     return out
 
 
-def _caption(img: np.ndarray, text: str) -> None:
+def caption(img: np.ndarray, text: str) -> None:
     scale = max(0.3, img.shape[1] / 480.0)
     (tw, th), base = cv2.getTextSize(text, _FONT, scale, 1)
     cv2.rectangle(img, (0, 0), (min(img.shape[1], tw + 6), th + base + 4), (0, 0, 0), -1)
@@ -67,7 +67,7 @@ def _select(views: tuple[View, ...], max_views: int) -> list[View]:
     return [views[i] for i in idx]
 
 
-def _legend(classes: list[int], ls: LabelSet, width: int, row_h: int) -> np.ndarray:
+def legend_strip(classes: list[int], ls: LabelSet, width: int, row_h: int) -> np.ndarray:
     scale = max(0.35, row_h / 40.0)
     items = []
     for c in classes:
@@ -129,17 +129,17 @@ def contact_sheet(
         if rel is not None:
             lab = read_labels(m.path(rel))
             present.update(np.unique(lab).tolist())
-            img = _fit(overlay(rgb, lab, ls, alpha), tile)
+            img = fit_tile(overlay(rgb, lab, ls, alpha), tile)
         else:
-            img = _fit(rgb, tile)
+            img = fit_tile(rgb, tile)
         text = v.view_id
         if v.pose is not None:
             text += f" y{v.pose['yaw']:+.0f} p{v.pose['pitch']:+.0f}"
-        _caption(img, text)
+        caption(img, text)
         r, c = divmod(k, cols)
         sheet[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = img
     if legend and present:
-        sheet = np.concatenate([sheet, _legend(sorted(present - {0}), ls, sheet.shape[1], max(18, tile // 8))], axis=0)
+        sheet = np.concatenate([sheet, legend_strip(sorted(present - {0}), ls, sheet.shape[1], max(18, tile // 8))], axis=0)
     return sheet
 
 

@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""Compare parser checkpoints on one test set, view by view, binned by head pose.
+
+In: checkpoints (paths or loaded :class:`facegs.parser.model.ParserModel`, names checked by
+:func:`check_name`) and test views (:mod:`facegs.evaluate.testsets`). Out: :class:`EvalResults`:
+one :class:`facegs.evaluate.metrics.PoseBinnedEvaluator` per checkpoint plus per-view scores, and
+the deltas of each against a base checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +21,12 @@ from tqdm.auto import tqdm
 
 from facegs.core.errors import InputError
 from facegs.core.labels import CANONICAL, get_label_set
-from facegs.evaluate.metrics import ConfusionMatrix, PoseBinnedEvaluator
-from facegs.evaluate.testsets import _read_pair
+from facegs.evaluate.confusion import ConfusionMatrix
+from facegs.evaluate.metrics import PoseBinnedEvaluator
+from facegs.evaluate.testsets import read_pair
+from facegs.parser.checkpoint import load_parser
+from facegs.parser.model import ParserModel
+from facegs.parser.predict import predict_images
 from facegs.train.data import ViewItem
 
 #: Class groups shown per checkpoint at extreme yaw and in ``group_f1_vs_yaw.png``.
@@ -75,8 +85,6 @@ def check_name(name: str) -> str:
 
 
 def _load_checkpoint(name: str, src: Any, device: str, label_set: str | None) -> tuple[Any, str]:
-    from facegs.parser.checkpoint import ParserModel, load_parser
-
     if isinstance(src, ParserModel):
         return src, "<in-memory>"
     path = Path(src)
@@ -91,7 +99,7 @@ def _load_checkpoint(name: str, src: Any, device: str, label_set: str | None) ->
                          path=str(path)) from e
 
 
-def _pose(v: float) -> float | None:
+def pose_or_none(v: float) -> float | None:
     return float(v) if v is not None and math.isfinite(v) else None
 
 
@@ -125,7 +133,6 @@ def evaluate_checkpoints(
         raise InputError("the test set is empty: nothing to evaluate")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    from facegs.parser.predict import predict_images
 
     label_sets = dict(label_sets or {})
     res = EvalResults()
@@ -144,14 +151,14 @@ def evaluate_checkpoints(
         pairs = []
         for it in chunk:
             try:
-                pairs.append(_read_pair(it))
+                pairs.append(read_pair(it))
             except InputError as e:
                 raise e.with_context(subject=it.subject_id, view=it.view_id) from None
         imgs = [p[0] for p in pairs]
         for name, parser in res.parsers.items():
             for probs, (_, gt), it in zip(predict_images(parser, imgs, flip_tta), pairs, chunk, strict=True):
                 pred = probs.argmax(dim=0).numpy().astype(np.uint8)
-                res[name].update(pred, gt, yaw=_pose(it.yaw), pitch=_pose(it.pitch))
+                res[name].update(pred, gt, yaw=pose_or_none(it.yaw), pitch=pose_or_none(it.pitch))
                 cm = ConfusionMatrix(K).update(pred, gt)
                 res.per_view[name].append(ViewScore(cm.miou(), cm.mean_f1(), cm.pixel_accuracy()))
         bar.update(len(chunk))
@@ -160,14 +167,14 @@ def evaluate_checkpoints(
     return res
 
 
-def _sub(a: float | None, b: float | None) -> float | None:
+def sub_or_none(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else float(a) - float(b)
 
 
-def _bin_delta(s: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    d: dict[str, Any] = {k: _sub(s.get(k), b.get(k)) for k in DELTA_KEYS}
-    d["group_f1"] = {g: _sub(v, b["group_f1"].get(g)) for g, v in s["group_f1"].items()}
-    d["f1_per_class"] = {c: _sub(v, b["f1_per_class"].get(c)) for c, v in s["f1_per_class"].items()}
+def bin_delta(s: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    d: dict[str, Any] = {k: sub_or_none(s.get(k), b.get(k)) for k in DELTA_KEYS}
+    d["group_f1"] = {g: sub_or_none(v, b["group_f1"].get(g)) for g, v in s["group_f1"].items()}
+    d["f1_per_class"] = {c: sub_or_none(v, b["f1_per_class"].get(c)) for c, v in s["f1_per_class"].items()}
     return d
 
 
@@ -178,11 +185,11 @@ def summary_deltas(summary: Mapping[str, Any], base: Mapping[str, Any]) -> dict[
     ``label`` and the deltas of :data:`DELTA_KEYS`, ``group_f1`` and ``f1_per_class`` (``None``
     where either side is undefined, e.g. an empty bin).
     """
-    out: dict[str, Any] = {"overall": _bin_delta(summary["overall"], base["overall"])}
+    out: dict[str, Any] = {"overall": bin_delta(summary["overall"], base["overall"])}
     for axis in ("yaw", "pitch"):
         if [(x["lo"], x["hi"]) for x in summary[axis]] != [(x["lo"], x["hi"]) for x in base[axis]]:
             raise ValueError(f"cannot compare summaries with different {axis} bins")
-        out[axis] = [{"lo": s["lo"], "hi": s["hi"], "label": s["label"], **_bin_delta(s, b)}
+        out[axis] = [{"lo": s["lo"], "hi": s["hi"], "label": s["label"], **bin_delta(s, b)}
                      for s, b in zip(summary[axis], base[axis])]
     return out
 
@@ -215,11 +222,11 @@ def extreme_summary(ev: PoseBinnedEvaluator, extreme_yaw: float = 60.0) -> dict[
     return out
 
 
-def _summaries(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def summaries(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: ev.summary() for name, ev in results.items()}
 
 
-def _base(results: Mapping[str, Any], base_name: str | None) -> str:
+def base_name_of(results: Mapping[str, Any], base_name: str | None) -> str:
     if not results:
         raise ValueError("no results to report")
     if base_name is None:

@@ -1,6 +1,6 @@
 """Face parsing metrics accumulated over a whole test set, binned by head pose.
 
-How the numbers are computed (the field's conventions, see ``face-parsing.md``):
+How the numbers are computed (the field's conventions: CelebAMask-HQ / LaPa papers, e.g. DML-CSR, SegFace):
 
 - One confusion matrix is accumulated over all pixels of all images (never a per-image average).
   Rows are ground truth, columns prediction. Pixels whose ground truth is ``ignore_index`` (or out of
@@ -30,17 +30,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from facegs.core.labels import CANONICAL, IGNORE_INDEX, LabelSet, get_label_set
-from facegs.core.storage import atomic_write_bytes
-
-ArrayLike = Any  # numpy array or torch tensor
+from facegs.evaluate.confusion import ArrayLike, ConfusionMatrix, component_counts, nan_to_none, to_numpy
 
 #: Reporting groups (class names in the canonical set; classes a set lacks are skipped).
 CLASS_GROUPS: dict[str, tuple[str, ...]] = {
@@ -54,175 +51,10 @@ CLASS_GROUPS: dict[str, tuple[str, ...]] = {
     "accessories": ("eye_g", "ear_r", "neck_l", "hat"),
     "neck_cloth": ("neck", "cloth"),
 }
+
+
 #: The Helen "overall" region: eyes + brows + nose + mouth.
 OVERALL_CLASSES: tuple[str, ...] = ("l_brow", "r_brow", "l_eye", "r_eye", "nose", "mouth", "u_lip", "l_lip")
-
-
-def _to_numpy(x: ArrayLike) -> np.ndarray:
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _nan_to_none(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def _nanmean(values: Iterable[float]) -> float:
-    v = [x for x in values if x is not None and math.isfinite(x)]
-    return float(np.mean(v)) if v else float("nan")
-
-
-class ConfusionMatrix:
-    """A [K, K] confusion matrix (rows GT, columns prediction) plus invalid predictions per GT class.
-
-    ``update(pred, target)`` takes numpy arrays or torch tensors of any (equal) shape; torch tensors
-    are counted on their own device with ``torch.bincount`` and only the counts come back.
-    """
-
-    def __init__(self, num_classes: int = 19, ignore_index: int = IGNORE_INDEX, background: int | None = 0) -> None:
-        self.num_classes = int(num_classes)
-        self.ignore_index = int(ignore_index)
-        self.background = background
-        self._m = np.zeros((self.num_classes, self.num_classes + 1), dtype=np.int64)  # last col: invalid pred
-
-    # ---- accumulation -------------------------------------------------------------------------
-    def update(self, pred: ArrayLike, target: ArrayLike) -> "ConfusionMatrix":
-        """Add the pixels of ``pred`` and ``target`` (same shape, any shape) to the matrix."""
-        K = self.num_classes
-        if tuple(pred.shape) != tuple(target.shape):
-            raise ValueError(f"pred and target shapes differ: {list(pred.shape)} vs {list(target.shape)}")
-        if hasattr(target, "detach") and hasattr(pred, "detach"):
-            import torch
-
-            t = target.detach().reshape(-1).long()
-            p = pred.detach().reshape(-1).long().to(t.device)
-            valid = (t >= 0) & (t < K) & (t != self.ignore_index)
-            t, p = t[valid], p[valid]
-            p = torch.where((p >= 0) & (p < K), p, torch.full_like(p, K))
-            counts = torch.bincount(t * (K + 1) + p, minlength=K * (K + 1)).cpu().numpy()
-        else:
-            t = _to_numpy(target).reshape(-1).astype(np.int64)
-            p = _to_numpy(pred).reshape(-1).astype(np.int64)
-            valid = (t >= 0) & (t < K) & (t != self.ignore_index)
-            t, p = t[valid], p[valid]
-            p = np.where((p >= 0) & (p < K), p, K)
-            counts = np.bincount(t * (K + 1) + p, minlength=K * (K + 1))
-        self._m += counts.reshape(K, K + 1)
-        return self
-
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
-        """Add another matrix (same number of classes) in place; returns ``self``."""
-        if other.num_classes != self.num_classes:
-            raise ValueError(f"cannot merge {other.num_classes}-class into {self.num_classes}-class matrix")
-        self._m += other._m
-        return self
-
-    # ---- raw counts ---------------------------------------------------------------------------
-    @property
-    def matrix(self) -> np.ndarray:
-        """[K, K] int64 counts, rows ground truth, columns prediction (a copy)."""
-        return self._m[:, : self.num_classes].copy()
-
-    @property
-    def invalid_pred(self) -> np.ndarray:
-        """[K] int64: pixels of each GT class whose prediction was outside ``[0, K)``."""
-        return self._m[:, self.num_classes].copy()
-
-    @property
-    def total(self) -> int:
-        return int(self._m.sum())
-
-    def _tp_gt_pred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        m = self._m[:, : self.num_classes]
-        return np.diag(m).astype(np.float64), self._m.sum(1).astype(np.float64), m.sum(0).astype(np.float64)
-
-    # ---- scores -------------------------------------------------------------------------------
-    def f1_per_class(self) -> np.ndarray:
-        """[K] float64 F1 = 2TP / (|GT| + |Pred|); NaN for classes absent from both."""
-        tp, gt, pr = self._tp_gt_pred()
-        den = gt + pr
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, 2 * tp / den, np.nan)
-
-    def iou_per_class(self) -> np.ndarray:
-        """[K] float64 IoU = TP / (|GT| + |Pred| - TP); NaN for classes absent from both."""
-        tp, gt, pr = self._tp_gt_pred()
-        den = gt + pr - tp
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, tp / den, np.nan)
-
-    def mean_f1(self) -> float:
-        """Mean F1 over present foreground classes (background excluded). NaN if none present."""
-        f1 = self.f1_per_class()
-        if self.background is not None and 0 <= self.background < self.num_classes:
-            f1 = np.delete(f1, self.background)
-        return _nanmean(f1.tolist())
-
-    def miou(self) -> float:
-        """Mean IoU over all present classes, background included. NaN if none present."""
-        return _nanmean(self.iou_per_class().tolist())
-
-    def pixel_accuracy(self) -> float:
-        """Correct / valid pixels. NaN when no pixel was counted."""
-        tot = self.total
-        return float(np.trace(self._m[:, : self.num_classes]) / tot) if tot else float("nan")
-
-    def merged_f1(self, classes: Sequence[int]) -> float:
-        """F1 of the union of ``classes`` as one binary region (Helen "overall" F1)."""
-        idx = np.asarray(sorted(set(int(c) for c in classes)), dtype=np.int64)
-        if idx.size == 0:
-            return float("nan")
-        m = self._m[:, : self.num_classes]
-        tp = float(m[np.ix_(idx, idx)].sum())
-        den = float(self._m[idx].sum() + m[:, idx].sum())
-        return 2 * tp / den if den > 0 else float("nan")
-
-    def group_f1(self, classes: Sequence[int]) -> float:
-        """Mean of the per-class F1 of ``classes`` that are present (NaN when none is)."""
-        f1 = self.f1_per_class()
-        return _nanmean([f1[c] for c in classes])
-
-    # ---- serialisation ------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able state: ``{"num_classes", "ignore_index", "background", "matrix", "invalid_pred"}``."""
-        return {
-            "num_classes": self.num_classes,
-            "ignore_index": self.ignore_index,
-            "background": self.background,
-            "matrix": self.matrix.tolist(),
-            "invalid_pred": self.invalid_pred.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ConfusionMatrix":
-        cm = cls(int(d["num_classes"]), int(d.get("ignore_index", IGNORE_INDEX)), d.get("background", 0))
-        m = np.asarray(d["matrix"], dtype=np.int64)
-        if m.shape != (cm.num_classes, cm.num_classes):
-            raise ValueError(f"matrix must be [{cm.num_classes}, {cm.num_classes}], got {list(m.shape)}")
-        cm._m[:, : cm.num_classes] = m
-        cm._m[:, cm.num_classes] = np.asarray(d.get("invalid_pred", np.zeros(cm.num_classes)), dtype=np.int64)
-        return cm
-
-
-def component_counts(
-    labels: np.ndarray, num_classes: int, min_area: int = 0, connectivity: int = 8,
-    valid: np.ndarray | None = None,
-) -> np.ndarray:
-    """[K] int64: number of connected components of each class in ``labels`` [H, W].
-
-    Components smaller than ``min_area`` px are not counted. ``valid`` [H, W] bool restricts the
-    pixels considered (others belong to no class). Loops over the classes present, not pixels.
-    """
-    lab = np.asarray(labels)
-    if valid is not None:
-        lab = np.where(valid, lab, -1)
-    counts = np.zeros(num_classes, dtype=np.int64)
-    present = np.unique(lab)
-    for c in present[(present >= 0) & (present < num_classes)]:
-        n, _, stats, _ = cv2.connectedComponentsWithStats((lab == c).astype(np.uint8), connectivity=connectivity)
-        counts[c] = int((stats[1:, cv2.CC_STAT_AREA] >= min_area).sum()) if n > 1 else 0
-    return counts
 
 
 def _bin_index(value: float, edges: Sequence[float]) -> int | None:
@@ -249,7 +81,7 @@ class _BinStats:
         self.cc_abs = np.zeros(num_classes, dtype=np.float64)  # sum of |#pred - #gt| per class
         self.cc_n = np.zeros(num_classes, dtype=np.int64)  # (image, class) pairs counted
 
-    def merge(self, other: "_BinStats") -> None:
+    def merge(self, other: _BinStats) -> None:
         self.cm.merge(other.cm)
         self.n_images += other.n_images
         self.cc_abs += other.cc_abs
@@ -260,7 +92,7 @@ class _BinStats:
                 "cc_abs": self.cc_abs.tolist(), "cc_n": self.cc_n.tolist()}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "_BinStats":
+    def from_dict(cls, d: Mapping[str, Any]) -> _BinStats:
         cm = ConfusionMatrix.from_dict(d["confusion"])
         s = cls(cm.num_classes, cm.ignore_index)
         s.cm, s.n_images = cm, int(d["n_images"])
@@ -319,8 +151,8 @@ class PoseBinnedEvaluator:
 
         ``yaw=None`` (or ``pitch=None``) counts the image in ``overall`` only for that axis.
         """
-        p = _to_numpy(pred).astype(np.int64)
-        t = _to_numpy(target).astype(np.int64)
+        p = to_numpy(pred).astype(np.int64)
+        t = to_numpy(target).astype(np.int64)
         if p.shape != t.shape or p.ndim != 2:
             raise ValueError(f"pred and target must be equal [H, W] maps, got {list(p.shape)} and {list(t.shape)}")
         cc_abs, cc_n = self.cc_error_counts(p, t)
@@ -342,7 +174,7 @@ class PoseBinnedEvaluator:
             s.cc_abs += cc_abs
             s.cc_n += cc_n
 
-    def merge(self, other: "PoseBinnedEvaluator") -> "PoseBinnedEvaluator":
+    def merge(self, other: PoseBinnedEvaluator) -> PoseBinnedEvaluator:
         """Add another evaluator with the same label set and bins (e.g. from another worker)."""
         if (other.label_set.name, other.yaw_bins, other.pitch_bins) != (self.label_set.name, self.yaw_bins, self.pitch_bins):
             raise ValueError("cannot merge evaluators with different label sets or bins")
@@ -369,15 +201,15 @@ class PoseBinnedEvaluator:
         return {
             "n_images": s.n_images,
             "n_pixels": cm.total,
-            "mean_f1": _nan_to_none(cm.mean_f1()),
-            "miou": _nan_to_none(cm.miou()),
-            "pixel_acc": _nan_to_none(cm.pixel_accuracy()),
-            "overall_f1": _nan_to_none(cm.merged_f1(overall_idx)),
-            "cc_error": _nan_to_none(float(s.cc_abs.sum() / n_cc) if n_cc else float("nan")),
-            "group_f1": {g: _nan_to_none(cm.group_f1(idx)) for g, idx in self._groups().items()},
-            "f1_per_class": {c: _nan_to_none(v) for c, v in zip(classes, f1)},
-            "iou_per_class": {c: _nan_to_none(v) for c, v in zip(classes, iou)},
-            "cc_error_per_class": {c: _nan_to_none(v) for c, v in zip(classes, cc_cls)},
+            "mean_f1": nan_to_none(cm.mean_f1()),
+            "miou": nan_to_none(cm.miou()),
+            "pixel_acc": nan_to_none(cm.pixel_accuracy()),
+            "overall_f1": nan_to_none(cm.merged_f1(overall_idx)),
+            "cc_error": nan_to_none(float(s.cc_abs.sum() / n_cc) if n_cc else float("nan")),
+            "group_f1": {g: nan_to_none(cm.group_f1(idx)) for g, idx in self._groups().items()},
+            "f1_per_class": {c: nan_to_none(v) for c, v in zip(classes, f1)},
+            "iou_per_class": {c: nan_to_none(v) for c, v in zip(classes, iou)},
+            "cc_error_per_class": {c: nan_to_none(v) for c, v in zip(classes, cc_cls)},
         }
 
     def _axis_summary(self, edges: Sequence[float], bins: list[_BinStats]) -> list[dict[str, Any]]:
@@ -409,7 +241,7 @@ class PoseBinnedEvaluator:
         }
 
     @classmethod
-    def from_state_dict(cls, d: Mapping[str, Any]) -> "PoseBinnedEvaluator":
+    def from_state_dict(cls, d: Mapping[str, Any]) -> PoseBinnedEvaluator:
         ev = cls(d["label_set"], d["yaw_bins"], d["pitch_bins"], d["min_area"], d["ignore_index"], d["connectivity"])
         ev.n_out_of_range = dict(d["n_out_of_range"])
         ev.overall = _BinStats.from_dict(d["overall"])
@@ -418,7 +250,7 @@ class PoseBinnedEvaluator:
         return ev
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PoseBinnedEvaluator":
+    def load(cls, path: str | os.PathLike) -> PoseBinnedEvaluator:
         """Rebuild an evaluator from a ``metrics.json`` written by :meth:`save` (or its directory)."""
         p = Path(path)
         p = p / "metrics.json" if p.is_dir() else p
@@ -428,25 +260,6 @@ class PoseBinnedEvaluator:
     def to_markdown(self, title: str | None = None) -> str:
         """Readable tables (rows: overall, |yaw| bins, pitch bins). Scores in percent."""
         return summary_to_markdown(self.summary(), title)
-
-    def save(self, out_dir: str | os.PathLike, name: str = "model") -> dict[str, Path]:
-        """Write ``metrics.json``, ``metrics.md`` and ``f1_vs_yaw.png`` into ``out_dir``.
-
-        ``metrics.json`` is ``{"summary": summary(), "state": state_dict()}`` (the state lets
-        :meth:`load` rebuild and merge evaluators). ``name`` labels the line in the plot. Returns the
-        written paths by kind (``json``, ``markdown``, ``plot``).
-        """
-        from facegs.evaluate.plots import plot_f1_vs_yaw
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        summ = self.summary()
-        paths = {"json": out / "metrics.json", "markdown": out / "metrics.md", "plot": out / "f1_vs_yaw.png"}
-        doc = {"summary": summ, "state": self.state_dict()}
-        atomic_write_bytes(paths["json"], json.dumps(doc, indent=1, allow_nan=False).encode("utf-8"))
-        atomic_write_bytes(paths["markdown"], summary_to_markdown(summ, f"Parsing metrics: {name}").encode("utf-8"))
-        plot_f1_vs_yaw({name: summ}, paths["plot"])
-        return paths
 
 
 def _pct(x: float | None) -> str:

@@ -12,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from facegs.core.storage import atomic_write_bytes
-from facegs.evaluate.compare import _sub
+from facegs.evaluate.compare import sub_or_none
 
 
 def _series(bins: Sequence[Mapping[str, Any]], key: str, group: str | None = None) -> tuple[list[float], list[float]]:
@@ -89,16 +89,11 @@ def plot_f1_vs_yaw(
 def plot_mean_f1_vs_yaw(summaries: Mapping[str, Mapping[str, Any]], base: str, out_png: str | os.PathLike) -> Path:
     """Mean F1 against |yaw| bin centre for every checkpoint (base drawn black and dashed) and, with
     more than one checkpoint, a second panel of the deltas vs base (percentage points)."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
 
     def series(bins, other=None):
         xs, ys = [], []
         for i, b in enumerate(bins):
-            v = b["mean_f1"] if other is None else _sub(b["mean_f1"], other[i]["mean_f1"])
+            v = b["mean_f1"] if other is None else sub_or_none(b["mean_f1"], other[i]["mean_f1"])
             if b["n_images"] and v is not None:
                 xs.append(b["center"])
                 ys.append(100 * v)

@@ -28,6 +28,7 @@ Conventions (``docs/conventions.md``):
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -40,22 +41,20 @@ from facegs.core.storage import atomic_write_bytes
 from facegs.evaluate.compare import (
     REPORT_GROUPS,
     EvalResults,
-    _base,
-    _bin_delta,
-    _pose,
-    _summaries,
+    base_name_of,
+    bin_delta,
     extreme_summary,
+    pose_or_none,
+    summaries,
     summary_deltas,
 )
 from facegs.evaluate.metrics import PoseBinnedEvaluator, summary_to_markdown
-from facegs.evaluate.plots import plot_mean_f1_vs_yaw
+from facegs.evaluate.plots import plot_f1_vs_yaw, plot_mean_f1_vs_yaw
 from facegs.evaluate.sheet import write_rating_sheet
-from facegs.evaluate.tables import _group_table, _main_table, _pitch_table
+from facegs.evaluate.tables import group_table, main_table, pitch_table
 
 
 def _per_view_csv(results: EvalResults, path: Path) -> None:
-    import io
-
     names = list(results)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -97,43 +96,18 @@ def write_report(
     ``base_name`` defaults to the first checkpoint; ``n_examples`` extreme views (+ ``n_frontal``)
     go into the contact sheet. ``extra``: JSON-able context stored in ``metrics.json``.
     """
-    from facegs.evaluate.plots import plot_f1_vs_yaw
 
-    base = _base(results, base_name)
+    base = base_name_of(results, base_name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summ = _summaries(results)
+    summ = summaries(results)
     ext = {n: extreme_summary(ev, extreme_yaw) for n, ev in results.items()}
     er = results if isinstance(results, EvalResults) else None
-    paths: dict[str, Path] = {}
-
-    n_views = summ[base]["overall"]["n_images"]
-    n_posed = sum(b["n_images"] for b in summ[base]["yaw"])
-    test_set: dict[str, Any] = {"n_views": n_views, "n_views_in_yaw_bins": n_posed,
-                                "n_out_of_range": summ[base]["n_out_of_range"]}
-    if er is not None:
-        test_set["n_subjects"] = len({it.subject_id for it in er.test_items})
-        test_set["label_sets"] = sorted({it.label_set for it in er.test_items})
-        test_set["n_unknown_pose"] = sum(_pose(it.yaw) is None for it in er.test_items)
-    doc = {
-        "format": "facegs.eval_report", "version": 1, "base": base,
-        "checkpoints": dict(er.sources) if er is not None else {n: None for n in results},
-        "settings": {"extreme_yaw": extreme_yaw, "flip_tta": None if er is None else er.flip_tta,
-                     "label_set": CANONICAL, "seconds": None if er is None else round(er.seconds, 2)},
-        "test_set": test_set,
-        "summaries": summ,
-        "deltas": {n: summary_deltas(summ[n], summ[base]) for n in summ},
-        "extreme": ext,
-        "extreme_deltas": {n: {**{k: ext[n][k] for k in ("lo", "hi", "label", "n_images")},
-                               **_bin_delta(ext[n], ext[base])} for n in ext},
-        "states": {n: ev.state_dict() for n, ev in results.items()},
-        "extra": dict(extra or {}),
-    }
-    paths["json"] = out / "metrics.json"
+    test_set = _test_set_info(summ[base], er)
+    paths: dict[str, Path] = {"json": out / "metrics.json"}
+    doc = _metrics_doc(results, summ, ext, base, er, test_set, extreme_yaw, extra)
     atomic_write_bytes(paths["json"], json.dumps(doc, indent=1, allow_nan=False).encode("utf-8"))
-
-    have_pose = n_posed > 0
-    if have_pose:
+    if test_set["n_views_in_yaw_bins"] > 0:
         paths["plot"] = plot_mean_f1_vs_yaw(summ, base, out / "f1_vs_yaw.png")
         groups = [g for g in REPORT_GROUPS if g in summ[base]["overall"]["group_f1"]]
         paths["group_plot"] = plot_f1_vs_yaw(summ, out / "group_f1_vs_yaw.png", groups=groups,
@@ -143,7 +117,48 @@ def write_report(
         _per_view_csv(er, paths["per_view"])
         if er.parsers:
             paths["contact_sheet"] = write_rating_sheet(er, out, base, extreme_yaw, n_examples, n_frontal)
+    paths["markdown"] = out / "report.md"
+    md = _report_markdown(summ, ext, base, er, test_set, title, paths)
+    atomic_write_bytes(paths["markdown"], "\n".join(md).encode("utf-8"))
+    return paths
 
+
+def _test_set_info(base_summary: Mapping[str, Any], er: EvalResults | None) -> dict[str, Any]:
+    """Views, posed views, subjects and label sets of the test set (for metrics.json and the text)."""
+    info: dict[str, Any] = {"n_views": base_summary["overall"]["n_images"],
+                            "n_views_in_yaw_bins": sum(b["n_images"] for b in base_summary["yaw"]),
+                            "n_out_of_range": base_summary["n_out_of_range"]}
+    if er is not None:
+        info["n_subjects"] = len({it.subject_id for it in er.test_items})
+        info["label_sets"] = sorted({it.label_set for it in er.test_items})
+        info["n_unknown_pose"] = sum(pose_or_none(it.yaw) is None for it in er.test_items)
+    return info
+
+
+def _metrics_doc(results: Mapping[str, PoseBinnedEvaluator], summ: dict[str, dict], ext: dict[str, dict], base: str,
+                 er: EvalResults | None, test_set: dict[str, Any], extreme_yaw: float,
+                 extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``metrics.json`` document (see :func:`write_report`)."""
+    return {
+        "format": "facegs.eval_report", "version": 1, "base": base,
+        "checkpoints": dict(er.sources) if er is not None else {n: None for n in results},
+        "settings": {"extreme_yaw": extreme_yaw, "flip_tta": None if er is None else er.flip_tta,
+                     "label_set": CANONICAL, "seconds": None if er is None else round(er.seconds, 2)},
+        "test_set": test_set,
+        "summaries": summ,
+        "deltas": {n: summary_deltas(summ[n], summ[base]) for n in summ},
+        "extreme": ext,
+        "extreme_deltas": {n: {**{k: ext[n][k] for k in ("lo", "hi", "label", "n_images")},
+                               **bin_delta(ext[n], ext[base])} for n in ext},
+        "states": {n: ev.state_dict() for n, ev in results.items()},
+        "extra": dict(extra or {}),
+    }
+
+
+def _report_markdown(summ: dict[str, dict], ext: dict[str, dict], base: str, er: EvalResults | None,
+                     test_set: dict[str, Any], title: str | None, paths: Mapping[str, Path]) -> list[str]:
+    """The lines of ``report.md`` (see :func:`write_report`)."""
+    n_views, n_posed = test_set["n_views"], test_set["n_views_in_yaw_bins"]
     md = [f"# {title or 'Face parser comparison by head pose'}", ""]
     md += [f"Base checkpoint: **{base}**. Test set: {n_views} views"
            + (f" of {test_set['n_subjects']} subjects" if "n_subjects" in test_set else "")
@@ -155,13 +170,13 @@ def write_report(
     if er is not None and test_set["n_unknown_pose"]:
         md += [f"**{test_set['n_unknown_pose']} views have no known pose**: they count in *all* only, "
                f"not in any |yaw| or pitch bin.", ""]
-    md += ["## Mean F1 by |yaw| (degrees)", "", *_main_table(summ, ext, base), ""]
+    md += ["## Mean F1 by |yaw| (degrees)", "", *main_table(summ, ext, base), ""]
     md += [f"## Class-group F1 at |yaw| {ext[base]['label']} ({ext[base]['n_images']} views)", "",
-           *_group_table(ext, base), ""]
+           *group_table(ext, base), ""]
     if any(b["n_images"] for b in summ[base]["pitch"]):
-        md += ["## Mean F1 by pitch (degrees, > 0: camera above)", "", *_pitch_table(summ, base), ""]
+        md += ["## Mean F1 by pitch (degrees, > 0: camera above)", "", *pitch_table(summ, base), ""]
     md += ["## Files", ""]
-    if have_pose:
+    if "plot" in paths:
         md += ["- ![mean F1 against |yaw|](f1_vs_yaw.png) `f1_vs_yaw.png`",
                "- ![class-group F1 against |yaw|](group_f1_vs_yaw.png) `group_f1_vs_yaw.png`"]
     else:
@@ -179,6 +194,22 @@ def write_report(
             body = "#### " + body[3:]
         src = "" if er is None else f" — `{er.sources.get(n)}`"
         md += [f"### {n}{src}", "", body, ""]
-    paths["markdown"] = out / "report.md"
-    atomic_write_bytes(paths["markdown"], "\n".join(md).encode("utf-8"))
+    return md
+
+
+def save_evaluation(ev: PoseBinnedEvaluator, out_dir: str | os.PathLike, name: str = "model") -> dict[str, Path]:
+    """Write one evaluator's ``metrics.json``, ``metrics.md`` and ``f1_vs_yaw.png`` into ``out_dir``.
+
+    ``metrics.json`` is ``{"summary": summary(), "state": state_dict()}`` (the state lets
+    :meth:`PoseBinnedEvaluator.load` rebuild and merge evaluators). ``name`` labels the line in the
+    plot. Returns the written paths by kind (``json``, ``markdown``, ``plot``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summ = ev.summary()
+    paths = {"json": out / "metrics.json", "markdown": out / "metrics.md", "plot": out / "f1_vs_yaw.png"}
+    doc = {"summary": summ, "state": ev.state_dict()}
+    atomic_write_bytes(paths["json"], json.dumps(doc, indent=1, allow_nan=False).encode("utf-8"))
+    atomic_write_bytes(paths["markdown"], summary_to_markdown(summ, f"Parsing metrics: {name}").encode("utf-8"))
+    plot_f1_vs_yaw({name: summ}, paths["plot"])
     return paths

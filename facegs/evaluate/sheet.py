@@ -1,11 +1,18 @@
-"""TODO docstring."""
+"""An HTML contact sheet of the extreme-pose test views for a 1-5 human rating study.
+
+In: :class:`facegs.evaluate.compare.EvalResults`. Out: ``contact_sheet.html`` (+ images) with RGB,
+ground truth and every checkpoint's prediction per selected view, and a rating form that exports
+its answers as JSON (nothing is sent anywhere).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import cv2
@@ -14,10 +21,13 @@ import numpy as np
 from facegs.core.imageio import encode_rgb
 from facegs.core.labels import CANONICAL, get_label_set
 from facegs.core.storage import atomic_write_bytes
-from facegs.evaluate.compare import EvalResults, _pose
-from facegs.evaluate.metrics import ConfusionMatrix
-from facegs.evaluate.tables import _pct
-from facegs.evaluate.testsets import _read_pair
+from facegs.core.viz import overlay
+from facegs.evaluate.compare import EvalResults, pose_or_none
+from facegs.evaluate.confusion import ConfusionMatrix
+from facegs.evaluate.tables import pct
+from facegs.evaluate.testsets import read_pair
+from facegs.parser.predict import predict_images
+from facegs.train.data import ViewItem
 
 
 def select_examples(results: EvalResults, base: str, extreme_yaw: float = 60.0, n_examples: int = 12,
@@ -38,13 +48,13 @@ def select_examples(results: EvalResults, base: str, extreme_yaw: float = 60.0, 
             return idx
         return [idx[i] for i in np.unique(np.round(np.linspace(0, len(idx) - 1, n)).astype(int))]
 
-    posed = [i for i, it in enumerate(items) if _pose(it.yaw) is not None]
-    unposed = [i for i, it in enumerate(items) if _pose(it.yaw) is None]
+    posed = [i for i, it in enumerate(items) if pose_or_none(it.yaw) is not None]
+    unposed = [i for i, it in enumerate(items) if pose_or_none(it.yaw) is None]
     key = lambda i: (-abs(items[i].yaw), items[i].subject_id, items[i].view_id)  # noqa: E731
     extreme = sorted([i for i in posed if abs(items[i].yaw) >= extreme_yaw], key=key)
     chosen = [("extreme", i) for i in spread(extreme, n_examples)]
     rest = sorted([i for i in posed if abs(items[i].yaw) < extreme_yaw],
-                  key=lambda i: (abs(items[i].yaw) + abs(_pose(items[i].pitch) or 0.0), items[i].subject_id,
+                  key=lambda i: (abs(items[i].yaw) + abs(pose_or_none(items[i].pitch) or 0.0), items[i].subject_id,
                                  items[i].view_id))
     chosen += [("frontal", i) for i in rest[:n_frontal]]
     if unposed:
@@ -127,7 +137,7 @@ _JS = r"""
 
 
 def _fmt_pose(v: float) -> str:
-    return "?" if _pose(v) is None else f"{v:+.1f}°"
+    return "?" if pose_or_none(v) is None else f"{v:+.1f}°"
 
 
 def write_rating_sheet(results: EvalResults, out_dir: str | os.PathLike, base: str, extreme_yaw: float = 60.0,
@@ -138,7 +148,6 @@ def write_rating_sheet(results: EvalResults, out_dir: str | os.PathLike, base: s
     per checkpoint. Ratings are kept in the browser's localStorage and exported as JSON
     (``ratings.json``) by an inline script; a checkbox hides names and scores for blind rating.
     Self-contained: relative image paths, no external resources. Returns the HTML path."""
-    from facegs.core.viz import overlay
 
     out = Path(out_dir)
     img_dir = out / "contact_sheet"
@@ -146,10 +155,8 @@ def write_rating_sheet(results: EvalResults, out_dir: str | os.PathLike, base: s
     names = list(results)
     chosen = select_examples(results, base, extreme_yaw, n_examples, n_frontal)
     idx = sorted({i for _, i in chosen})
+    pairs = {i: read_pair(results.test_items[i]) for i in idx}
     preds: dict[int, dict[str, np.ndarray]] = {i: {} for i in idx}
-    pairs = {i: _read_pair(results.test_items[i]) for i in idx}
-    from facegs.parser.predict import predict_images
-
     for name, parser in results.parsers.items():
         for i, probs in zip(idx, predict_images(parser, [pairs[i][0] for i in idx], results.flip_tta)):
             preds[i][name] = probs.argmax(dim=0).numpy().astype(np.uint8)
@@ -162,50 +169,62 @@ def write_rating_sheet(results: EvalResults, out_dir: str | os.PathLike, base: s
         atomic_write_bytes(img_dir / fname, encode_rgb(arr, ".png"))
         return f"contact_sheet/{fname}"
 
-    K = get_label_set(CANONICAL).num_classes
-    e = html.escape
+    titles = {"extreme": f"Extreme poses (|yaw| ≥ {extreme_yaw:g}°)", "frontal": "Near-frontal reference views",
+              "unknown pose": "Views of unknown pose (spread over the base checkpoint's per-view mIoU)"}
     rows: list[str] = []
     section = None
-    ncol = 3 + len(names)
     for k, (sec, i) in enumerate(chosen):
-        it = results.test_items[i]
-        rgb, gt = pairs[i]
         if sec != section:
             section = sec
-            title = {"extreme": f"Extreme poses (|yaw| ≥ {extreme_yaw:g}°)",
-                     "frontal": "Near-frontal reference views",
-                     "unknown pose": "Views of unknown pose (spread over the base checkpoint's per-view mIoU)"}[sec]
-            rows.append(f'<tr><th class="sec" colspan="{ncol}">{e(title)}</th></tr>')
-        stem = f"{k:03d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', it.subject_id)}_{re.sub(r'[^A-Za-z0-9_.-]', '_', it.view_id)}"
-        cells = [f'<td class="info"><b>{e(it.subject_id)}</b><br>{e(it.view_id)}<br>yaw {_fmt_pose(it.yaw)}'
-                 f'<br>pitch {_fmt_pose(it.pitch)}</td>',
-                 f'<td><img src="{save_png(rgb, stem + "_rgb.png")}" alt="RGB"><div>RGB</div></td>',
-                 f'<td><img src="{save_png(overlay(rgb, gt, CANONICAL, alpha), stem + "_gt.png")}" alt="GT">'
-                 f'<div>ground truth</div></td>']
-        miou = {n: ConfusionMatrix(K).update(preds[i][n], gt).miou() for n in names}
-        for n in names:
-            src = save_png(overlay(rgb, preds[i][n], CANONICAL, alpha), f"{stem}_{n}.png")
-            d = "" if n == base else f" ({_pct(miou[n] - miou[base], signed=True)})"
-            radios = "".join(f'<label><input type="radio" class="r" name="r{k}_{e(n)}" data-ckpt="{e(n)}" '
-                             f'value="{v}">{v}</label>' for v in range(1, 6))
-            cells.append(f'<td><img src="{src}" alt="{e(n)}"><div class="name">{e(n)}</div>'
-                         f'<div class="score">mIoU {_pct(miou[n])}{d}</div><div class="rate">{radios}</div></td>')
-        pose = lambda v: "" if _pose(v) is None else f"{v:.3f}"  # noqa: E731
-        rows.append(f'<tr data-row="{k}" data-subject="{e(it.subject_id)}" data-view="{e(it.view_id)}" '
-                    f'data-yaw="{pose(it.yaw)}" data-pitch="{pose(it.pitch)}">{"".join(cells)}</tr>')
-    head = "".join(f"<th>{e(h)}</th>" for h in ["view", "image", "ground truth", *names])
-    import hashlib
+            rows.append(f'<tr><th class="sec" colspan="{3 + len(names)}">{html.escape(titles[sec])}</th></tr>')
+        rows.append(_sheet_row(k, results.test_items[i], *pairs[i], preds[i], names, base, save_png, alpha))
+    key = "\n".join([*names, *(f"{results.test_items[i].subject_id}/{results.test_items[i].view_id}"
+                                for _, i in chosen)])
+    report_id = f"{out.resolve().name}-{hashlib.sha1(key.encode('utf-8')).hexdigest()[:8]}"  # localStorage key
+    doc = _sheet_page(rows, names, base, report_id, results.flip_tta, tile)
+    path = out / "contact_sheet.html"
+    atomic_write_bytes(path, doc.encode("utf-8"))
+    return path
 
-    key = "\n".join([*names, *(f"{results.test_items[i].subject_id}/{results.test_items[i].view_id}" for _, i in chosen)])
-    report_id = e(f"{out.resolve().name}-{hashlib.sha1(key.encode('utf-8')).hexdigest()[:8]}")  # localStorage key
-    doc = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>facegs parser comparison: {report_id}</title>
+
+def _sheet_row(k: int, it: ViewItem, rgb: np.ndarray, gt: np.ndarray, preds: Mapping[str, np.ndarray], names: list[str],
+               base: str, save_png: Callable[[np.ndarray, str], str], alpha: float) -> str:
+    """One table row: the view, its RGB, the ground truth and each checkpoint's prediction with its
+    per-view mIoU (delta vs base) and 1-5 rating buttons."""
+    e = html.escape
+    stem = f"{k:03d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', it.subject_id)}_{re.sub(r'[^A-Za-z0-9_.-]', '_', it.view_id)}"
+    cells = [f'<td class="info"><b>{e(it.subject_id)}</b><br>{e(it.view_id)}<br>yaw {_fmt_pose(it.yaw)}'
+             f'<br>pitch {_fmt_pose(it.pitch)}</td>',
+             f'<td><img src="{save_png(rgb, stem + "_rgb.png")}" alt="RGB"><div>RGB</div></td>',
+             f'<td><img src="{save_png(overlay(rgb, gt, CANONICAL, alpha), stem + "_gt.png")}" alt="GT">'
+             f'<div>ground truth</div></td>']
+    K = get_label_set(CANONICAL).num_classes
+    miou = {n: ConfusionMatrix(K).update(preds[n], gt).miou() for n in names}
+    for n in names:
+        src = save_png(overlay(rgb, preds[n], CANONICAL, alpha), f"{stem}_{n}.png")
+        d = "" if n == base else f" ({pct(miou[n] - miou[base], signed=True)})"
+        radios = "".join(f'<label><input type="radio" class="r" name="r{k}_{e(n)}" data-ckpt="{e(n)}" '
+                         f'value="{v}">{v}</label>' for v in range(1, 6))
+        cells.append(f'<td><img src="{src}" alt="{e(n)}"><div class="name">{e(n)}</div>'
+                     f'<div class="score">mIoU {pct(miou[n])}{d}</div><div class="rate">{radios}</div></td>')
+    pose = lambda v: "" if pose_or_none(v) is None else f"{v:.3f}"  # noqa: E731
+    return (f'<tr data-row="{k}" data-subject="{e(it.subject_id)}" data-view="{e(it.view_id)}" '
+            f'data-yaw="{pose(it.yaw)}" data-pitch="{pose(it.pitch)}">{"".join(cells)}</tr>')
+
+
+def _sheet_page(rows: list[str], names: list[str], base: str, report_id: str, flip_tta: bool, tile: int) -> str:
+    """The self-contained HTML page around the rows (styles and the rating script inline)."""
+    e = html.escape
+    rid = e(report_id)
+    head = "".join(f"<th>{e(h)}</th>" for h in ["view", "image", "ground truth", *names])
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>facegs parser comparison: {rid}</title>
 <style>{_CSS.replace("TILE", str(tile))}</style></head>
-<body data-report="{report_id}">
+<body data-report="{rid}">
 <h1>Face parser comparison at extreme head poses</h1>
 <p>Overlays of the canonical <code>celebamask19</code> classes (background untinted). Yaw +90° = camera on the
 subject's left; pitch &gt; 0 = camera above. Per-view mIoU in percent (all classes present in the view, background
-included); in brackets the difference to the base checkpoint <b>{e(base)}</b>. Flip TTA: {"on" if results.flip_tta else "off"}.</p>
+included); in brackets the difference to the base checkpoint <b>{e(base)}</b>. Flip TTA: {"on" if flip_tta else "off"}.</p>
 <p>{_legend_html()}</p>
 <p>Rate each prediction 1 (unusable) … 5 (perfect). Rater: <input id="rater" size="16">
 <label><input type="checkbox" onchange="toggleBlind(this)"> hide names and scores (blind rating)</label>
@@ -219,6 +238,3 @@ included); in brackets the difference to the base checkpoint <b>{e(base)}</b>. F
 <script>{_JS}</script>
 </body></html>
 """
-    path = out / "contact_sheet.html"
-    atomic_write_bytes(path, doc.encode("utf-8"))
-    return path

@@ -1,15 +1,15 @@
-"""TODO docstring."""
+"""Markdown tables of a comparison: mean F1 per |yaw| bin with deltas against the base, class groups, pitch."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 
-from facegs.evaluate.compare import REPORT_GROUPS, _base, _sub, _summaries, extreme_summary
+from facegs.evaluate.compare import REPORT_GROUPS, base_name_of, extreme_summary, sub_or_none, summaries
 from facegs.evaluate.metrics import PoseBinnedEvaluator
 
 
-def _pct(x: float | None, signed: bool = False) -> str:
+def pct(x: float | None, signed: bool = False) -> str:
     if x is None or not math.isfinite(x):
         return "–"
     return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
@@ -27,13 +27,13 @@ def _with_deltas(names: list[str], base: str, cells) -> list[list[str]]:
     """Rows ``name`` (values) and, for each non-base name, ``  Δ name - base`` (signed deltas)."""
     rows = []
     for n in names:
-        rows.append([n + (" (base)" if n == base and n != "base" else "")] + [_pct(v) for v in cells(n)])
+        rows.append([n + (" (base)" if n == base and n != "base" else "")] + [pct(v) for v in cells(n)])
         if n != base:
-            rows.append([f"  Δ {n} − {base}"] + [_pct(_sub(v, b), signed=True) for v, b in zip(cells(n), cells(base))])
+            rows.append([f"  Δ {n} − {base}"] + [pct(sub_or_none(v, b), signed=True) for v, b in zip(cells(n), cells(base))])
     return rows
 
 
-def _main_table(summ: dict[str, dict], ext: dict[str, dict], base: str) -> list[str]:
+def main_table(summ: dict[str, dict], ext: dict[str, dict], base: str) -> list[str]:
     first = summ[base]
     head = ["checkpoint"] + [f"{b['label']} (n={b['n_images']})" for b in first["yaw"]]
     head += [f"{ext[base]['label']} (n={ext[base]['n_images']})", f"all (n={first['overall']['n_images']})",
@@ -47,7 +47,7 @@ def _main_table(summ: dict[str, dict], ext: dict[str, dict], base: str) -> list[
     return _md_table(head, _with_deltas(list(summ), base, cells))
 
 
-def _group_table(ext: dict[str, dict], base: str) -> list[str]:
+def group_table(ext: dict[str, dict], base: str) -> list[str]:
     groups = [g for g in REPORT_GROUPS if g in ext[base]["group_f1"]]
     head = ["checkpoint"] + groups + ["mean F1", "overall F1"]
 
@@ -58,7 +58,7 @@ def _group_table(ext: dict[str, dict], base: str) -> list[str]:
     return _md_table(head, _with_deltas(list(ext), base, cells))
 
 
-def _pitch_table(summ: dict[str, dict], base: str) -> list[str]:
+def pitch_table(summ: dict[str, dict], base: str) -> list[str]:
     head = ["checkpoint"] + [f"{b['label']} (n={b['n_images']})" for b in summ[base]["pitch"]]
     return _md_table(head, _with_deltas(list(summ), base, lambda n: [b["mean_f1"] for b in summ[n]["pitch"]]))
 
@@ -69,11 +69,11 @@ def summary_table(results: Mapping[str, PoseBinnedEvaluator], base_name: str | N
     pixel accuracy per checkpoint, each non-base checkpoint followed by its delta row (percentage
     points vs ``base_name``, default the first checkpoint); then the class-group F1 at extreme yaw.
     Padded markdown tables (paste-able into a PR)."""
-    base = _base(results, base_name)
-    summ = _summaries(results)
+    base = base_name_of(results, base_name)
+    summ = summaries(results)
     ext = {n: extreme_summary(ev, extreme_yaw) for n, ev in results.items()}
     lines = ["Mean F1 (%, foreground classes) by |yaw| bin (deg); mIoU and pixel acc over all views:", "",
-             *_main_table(summ, ext, base), "",
+             *main_table(summ, ext, base), "",
              f"Class-group F1 (%) at |yaw| {ext[base]['label']} ({ext[base]['n_images']} views):", "",
-             *_group_table(ext, base)]
+             *group_table(ext, base)]
     return "\n".join(lines)

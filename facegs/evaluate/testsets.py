@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""Test sets for pose-binned evaluation: synthetic grid subjects, or a user's labelled views.
+
+In: a directory of facegs subjects (``gt_labels``, else ``labels``) or a flat CelebAMask-HQ-style
+directory (``images/`` + ``labels/`` in a declared label set, optional ``poses.csv``). Out: a list of
+:class:`facegs.train.data.ViewItem` (image, label map, pose). :func:`make_test_set` renders held-out
+synthetic subjects on a yaw x pitch grid.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +20,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from facegs.core.errors import InputError
+from facegs.core.hashing import derive_seed
 from facegs.core.imageio import read_labels, read_rgb
 from facegs.core.labels import CANONICAL, IGNORE_INDEX, get_label_set, remap
+from facegs.core.manifest import find_subject_dirs, load_manifest
 from facegs.core.storage import atomic_write_bytes
-from facegs.train.data import ViewItem
+from facegs.synth.generate import generate_subject
+from facegs.synth.rigs import custom
+from facegs.train.data import ViewItem, collect_views
 
 #: Default synthetic grid (degrees, rig frame): yaw -90..90 every 15, three pitch rows.
 DEFAULT_YAWS: tuple[float, ...] = tuple(float(y) for y in range(-90, 91, 15))
@@ -60,9 +70,6 @@ def make_test_set(
     directory raises ``ValueError`` rather than mixing two test sets (a larger ``n_subjects`` extends
     the set).
     """
-    from facegs.core.hashing import derive_seed
-    from facegs.synth.generate import generate_subject
-    from facegs.synth.rigs import custom
 
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
@@ -129,7 +136,7 @@ def _flat_items(root: Path, label_set: str | None) -> list[ViewItem]:
     img_dir = root / "images"
     lab_dir = next((root / d for d in LABEL_DIRS if (root / d).is_dir()), None)
     if lab_dir is None:
-        raise InputError(f"no subject.json below it, and no images/ + labels/ (flat CelebAMask-HQ style) in it",
+        raise InputError("no subject.json below it, and no images/ + labels/ (flat CelebAMask-HQ style) in it",
                          path=str(root))
     if label_set is None:
         raise InputError("a flat images/ + labels/ directory needs its label set declared (--label-set; "
@@ -151,9 +158,6 @@ def _flat_items(root: Path, label_set: str | None) -> list[ViewItem]:
 
 
 def _subject_items(subject_dir: Path, label_set: str | None, label_field: str | None) -> list[ViewItem]:
-    from facegs.core.manifest import load_manifest
-    from facegs.train.data import collect_views
-
     m = load_manifest(subject_dir)
     if label_set is not None and label_set != m.label_set:
         raise InputError(f"--label-set '{label_set}' declared but the subject's manifest says '{m.label_set}'",
@@ -192,7 +196,6 @@ def load_test_items(
     Raises :class:`InputError` when a source does not exist or nothing labelled is found.
     """
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-    from facegs.core.manifest import find_subject_dirs
 
     items: list[ViewItem] = []
     for src in sources:
@@ -215,7 +218,7 @@ def read_canonical_labels(item: ViewItem) -> np.ndarray:
     return remap(read_labels(item.labels), item.label_set, CANONICAL)
 
 
-def _read_pair(item: ViewItem) -> tuple[np.ndarray, np.ndarray]:
+def read_pair(item: ViewItem) -> tuple[np.ndarray, np.ndarray]:
     """(RGB [H, W, 3] uint8 at the label map's size, canonical labels [H, W] uint8)."""
     rgb, gt = read_rgb(item.image), read_canonical_labels(item)
     h, w = gt.shape

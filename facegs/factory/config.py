@@ -88,7 +88,7 @@ class FactoryConfig(NovelViewConfig):
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FactoryConfig":
+    def from_dict(cls, d: dict[str, Any]) -> FactoryConfig:
         return cls(**d)
 
 

@@ -1,4 +1,15 @@
-"""TODO docstring."""
+"""A dataset root's per-subject bookkeeping: done markers, failure records, finalize.
+
+Layout (besides ``shards/``, ``records/`` and ``manifest.parquet``, :mod:`facegs.shards.root`)::
+
+    root/subjects/{subject_id}.json   # the subject's done marker (written last)
+    root/failures/{subject_id}.json   # why a subject failed for good (deleted on success)
+    root/summary.json                 # the last factory run's summary
+
+A subject is complete when its marker exists and every shard it lists has a valid record with the
+same sha256 (:func:`complete_subjects`); :func:`finalize` removes the leftovers of incomplete
+subjects and merges the manifest from complete subjects only.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +45,7 @@ def read_json_dir(root: DatasetRoot, sub: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def complete_subjects(root_url: "str | DatasetRoot", storage_options: dict[str, Any] | None = None,
+def complete_subjects(root_url: str | DatasetRoot, storage_options: dict[str, Any] | None = None,
                       config_hash: str | None = None) -> dict[str, dict[str, Any]]:
     """Done markers of complete subjects (every listed shard has a valid record with the same
     sha256), optionally only those written with ``config_hash``."""
@@ -51,14 +62,14 @@ def complete_subjects(root_url: "str | DatasetRoot", storage_options: dict[str, 
     return out
 
 
-def record_failure(root_url: "str | DatasetRoot", failure: dict[str, Any],
+def record_failure(root_url: str | DatasetRoot, failure: dict[str, Any],
                    storage_options: dict[str, Any] | None = None) -> None:
     """Write ``failures/{subject_id}.json`` (error type, message, attempts, ...)."""
     root = DatasetRoot.open(root_url, storage_options)
     put_bytes_atomic(root.fs, root.join(FAILURES_DIR, f"{failure['subject_id']}.json"), canonical_json(failure))
 
 
-def finalize(root_url: "str | DatasetRoot", storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def finalize(root_url: str | DatasetRoot, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """After a run (no writer active): delete leftovers, merge the manifest of complete subjects.
 
     Leftovers are shards without a valid record, temporary files, invalid records, and the shards,

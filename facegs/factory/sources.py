@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""Where subjects come from: a directory (local or fsspec URL) of subject folders, or a list file.
+
+In: a source URL. Out: subject URLs (sorted, de-duplicated), their ids, and a local directory per
+subject (the original when local; a download otherwise).
+"""
 
 from __future__ import annotations
 

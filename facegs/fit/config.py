@@ -95,7 +95,7 @@ class FitConfig:
     # bit-exact reproducibility on the CPU (torch.use_deterministic_algorithms during the fit)
     deterministic: bool = True
 
-    def resolved(self) -> "FitConfig":
+    def resolved(self) -> FitConfig:
         """A copy with every ``None`` schedule entry filled in from ``steps``."""
         s = self.steps
         return dataclasses.replace(

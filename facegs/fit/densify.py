@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""Densification: gsplat's ``DefaultStrategy`` with a cap on the number of Gaussians, and the opacity reset.
+
+gsplat 1.5.3's own reset never fires (``step % reset_every == 0 & step > 0`` parses as a chained
+comparison that is always False), so :func:`maybe_reset_opacity` does it explicitly.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""The fit's final evaluation: render every view once and compare with the inputs and the ground truth.
+
+Out: ``psnr``, ``label_acc_input`` (agreement with the initial labels) and, when ground truth
+exists, ``label_acc_gt``, ``input_acc_gt``, ``miou_gt`` and ``input_miou_gt``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from torch import Tensor
 from facegs.core.labels import CANONICAL, IGNORE_INDEX, get_label_set
 from facegs.fit.config import FitConfig
 from facegs.fit.data import ViewData
-from facegs.splat.render import render_rgb_labels
+from facegs.splat.rgb_labels import render_rgb_labels
 from facegs.splat.scene import Params
 
 

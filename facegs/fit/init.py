@@ -37,7 +37,7 @@ from facegs.core.labels import CANONICAL, IGNORE_INDEX, get_label_set
 from facegs.core.manifest import SubjectManifest
 from facegs.fit.config import FitConfig, InitConfig
 from facegs.fit.data import ViewData
-from facegs.splat.render import BACKGROUND_CLASS
+from facegs.splat.rgb_labels import BACKGROUND_CLASS
 from facegs.splat.scene import Params, make_params
 
 
@@ -240,7 +240,7 @@ def initial_points(
 
 def params_from_points(xyz: np.ndarray, rgb: np.ndarray, cfg: InitConfig, *, num_classes: int = 19,
                        sh_degree: int = 3, device: str | torch.device = "cpu") -> Params:
-    """Scene dict (see :mod:`facegs.scene`) with k-NN scales, opacity ``cfg.opacity``, logits 0."""
+    """Scene dict (see :mod:`facegs.splat.scene`) with k-NN scales, opacity ``cfg.opacity``, logits 0."""
     log_s = knn_log_scales(xyz.astype(np.float64), cfg.knn, cfg.scale_mult).astype(np.float32)
     return make_params(
         torch.from_numpy(xyz).to(device), torch.from_numpy(rgb).to(device), torch.from_numpy(log_s).to(device),

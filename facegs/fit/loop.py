@@ -2,11 +2,11 @@
 
 One geometry (means, scales, quats, opacities) is shared by colour (SH) and class logits, so the
 label maps of all views must agree in 3D: the rendered labels are a multi-view consensus that
-denoises the per-view parser output (the method of Gahlawat et al. 2025; see
-``/work/shared/reference/method.md``).
+denoises the per-view parser output (the method of Gahlawat, Mukherjee and Jayagopi, VCIP 2025,
+arXiv 2510.08096; docs/architecture.md).
 
 Functional core, gsplat style: the caller owns ``params`` (dict of ``nn.Parameter``, see
-:mod:`facegs.scene`), ``optimizers`` (one Adam per parameter, one param group each) and the
+:mod:`facegs.splat.scene`), ``optimizers`` (one Adam per parameter, one param group each) and the
 densification ``strategy_state``; :func:`fit_step` mutates them. :func:`fit_subject` is the thin
 loop that loads the data, initialises, runs :func:`fit_step` and evaluates.
 
@@ -59,6 +59,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from facegs.core.labels import IGNORE_INDEX
 from facegs.core.manifest import SubjectManifest
@@ -77,7 +78,7 @@ from facegs.fit.losses import (
     weighted_mean,
 )
 from facegs.label.views import ViewLabels
-from facegs.splat.render import (
+from facegs.splat.rgb_labels import (
     BACKGROUND_CLASS,
     LABEL_MODES,
     label_probs,
@@ -309,8 +310,6 @@ def fit_views(data: ViewData, cfg: FitConfig | None = None, *, manifest: Subject
 
 
 def _run_steps(params, optimizers, strategy, sstate, data, cfg, fs, backend, progress) -> list[dict]:
-    from tqdm.auto import tqdm
-
     metrics = []
     bar = tqdm(range(cfg.steps), desc="fit", disable=not progress, leave=False)
     for _ in bar:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from facegs.core.labels import IGNORE_INDEX
-from facegs.splat.render import label_probs
+from facegs.splat.rgb_labels import label_probs
 
 
 @lru_cache(maxsize=8)

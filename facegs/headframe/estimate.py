@@ -48,7 +48,13 @@ import numpy as np
 
 from facegs.core.labels import CANONICAL
 from facegs.headframe.frame import HeadFrame, HeadFrameConfig, HeadFrameError
-from facegs.headframe.landmarks import _swap_name, _template_point, find_landmarks, smooth_probs_knn, to_canonical_probs
+from facegs.headframe.landmarks import (
+    find_landmarks,
+    smooth_probs_knn,
+    swap_lr_name,
+    template_point,
+    to_canonical_probs,
+)
 from facegs.headframe.template import LANDMARK_CLASSES, LR_LANDMARK_PAIRS
 
 
@@ -74,7 +80,7 @@ def umeyama(src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> tuple[float, np.
 
 def _fit(names: list[str], obs: np.ndarray, cfg: HeadFrameConfig, swap: bool) -> dict[str, Any]:
     """Robust similarity fit of the template to observed landmarks (``swap``: l/r names swapped)."""
-    tmpl = np.array([_template_point(_swap_name(n) if swap else n, names) for n in names], dtype=np.float64)
+    tmpl = np.array([template_point(swap_lr_name(n) if swap else n, names) for n in names], dtype=np.float64)
     wts = np.array([cfg.weights.get(n, 1.0) for n in names], dtype=np.float64)
     active = np.ones(len(names), dtype=bool)
     dropped: list[str] = []

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The head frame contract: :class:`HeadFrame` (``world_from_head`` [4, 4] + diagnostics), its config and error."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from facegs.core.cameras import rotation_angle_deg
 from facegs.headframe.template import LANDMARK_WEIGHTS
 
 
@@ -41,6 +42,5 @@ class HeadFrame:
 
 def frame_errors(estimated: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     """(rotation error in degrees, origin distance in world units) between two world_from_head."""
-    from facegs.core.cameras import rotation_angle_deg
 
     return rotation_angle_deg(estimated[:3, :3], true[:3, :3]), float(np.linalg.norm(estimated[:3, 3] - true[:3, 3]))

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""Face landmarks from labelled 3D points: kNN label smoothing, membership, trimmed centroids.
+
+A point belongs to a landmark when its own argmax is one of the landmark's classes and its
+neighbourhood agrees (see :func:`find_landmarks`); isolated noisy labels fail this test, thin parts
+such as brows pass.
+"""
 
 from __future__ import annotations
 
@@ -82,14 +87,14 @@ def find_landmarks(
     return out
 
 
-def _template_point(name: str, present: list[str]) -> tuple[float, float, float]:
+def template_point(name: str, present: list[str]) -> tuple[float, float, float]:
     """Template position of a landmark; ``name@eye_g`` variants apply when glasses are present."""
     if "eye_g" in present and f"{name}@eye_g" in TEMPLATE:
         return TEMPLATE[f"{name}@eye_g"]
     return TEMPLATE[name]
 
 
-def _swap_name(name: str) -> str:
+def swap_lr_name(name: str) -> str:
     for a, b in LR_LANDMARK_PAIRS:
         if name == a:
             return b

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Head frames that do not depend on the labels: the capture rig's prior."""
 
 from __future__ import annotations
 

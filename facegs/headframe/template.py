@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""The reference head: landmark positions in the head frame (metres) and their relative weights.
+
+The positions are the mean landmark centroids of 12 synthetic subjects (facegs.synth seeds 0-11,
+facescape rig, 80 px, ground-truth labels, symmetrised), made by
+:func:`facegs.headframe.calibrate.calibrate_template`, so the template's origin is the synthetic
+generator's head origin.
+"""
 
 from __future__ import annotations
 

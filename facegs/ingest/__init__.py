@@ -1,5 +1,8 @@
 """Capture ingestion: multi-view captures -> facegs subject directories (``subject.json`` + images).
 
+In: a capture in one of the formats below. Out: a subject directory (calibrated views, undistorted
+images) that :mod:`.validate` checks and every later stage reads.
+
 One entry point, :func:`ingest`, dispatches on the capture format:
 
 =============  ===========================================================  ======================

@@ -26,7 +26,7 @@ from facegs.core.manifest import SubjectManifest
 from facegs.ingest.common import CaptureView, check_pinhole, check_rigid, resolve_subject_id, unique_ids, write_subject
 
 if TYPE_CHECKING:
-    import pycolmap
+    import pycolmap  # lazy: a large native library, needed only for COLMAP models
 
 LAYOUT = """\
 colmap: a COLMAP sparse model directory (e.g. project/sparse/0) with cameras, images and points3D
@@ -76,9 +76,9 @@ def camera_to_opencv(model: str, params: np.ndarray) -> tuple[np.ndarray, np.nda
     return K, extra.copy(), True  # OPENCV_FISHEYE: k1 k2 k3 k4
 
 
-def read_model(model_dir: str | os.PathLike, *, subject: str | None = None) -> "pycolmap.Reconstruction":
+def read_model(model_dir: str | os.PathLike, *, subject: str | None = None) -> pycolmap.Reconstruction:
     """Read a COLMAP sparse model; a missing file or a parse failure becomes an :class:`InputError`."""
-    import pycolmap
+    import pycolmap  # lazy: a large native library, needed only for COLMAP models
 
     d = Path(model_dir)
     if not d.is_dir():
@@ -109,7 +109,7 @@ def find_image_dir(model_dir: Path, images: str | os.PathLike | None) -> Path:
 
 
 def views_from_reconstruction(
-    rec: "pycolmap.Reconstruction", image_dir: Path, *, subject: str, model_path: Path
+    rec: pycolmap.Reconstruction, image_dir: Path, *, subject: str, model_path: Path
 ) -> tuple[list[CaptureView], list[str]]:
     """Camera records of the registered images (sorted by name) and the names of unregistered ones."""
     imgs = sorted(rec.images.values(), key=lambda im: im.name)
@@ -138,7 +138,7 @@ def views_from_reconstruction(
     return views, unregistered
 
 
-def points_from_reconstruction(rec: "pycolmap.Reconstruction") -> tuple[np.ndarray, np.ndarray]:
+def points_from_reconstruction(rec: pycolmap.Reconstruction) -> tuple[np.ndarray, np.ndarray]:
     """(xyz float32 [P, 3], rgb uint8 [P, 3]) of the model's 3D points, by point id."""
     ids = sorted(rec.points3D)
     if not ids:
@@ -149,7 +149,7 @@ def points_from_reconstruction(rec: "pycolmap.Reconstruction") -> tuple[np.ndarr
 
 
 def ingest_reconstruction(
-    rec: "pycolmap.Reconstruction",
+    rec: pycolmap.Reconstruction,
     image_dir: Path,
     out: str | os.PathLike,
     *,

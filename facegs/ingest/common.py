@@ -32,7 +32,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 
 from facegs.core.cameras import rotation_problem
@@ -41,13 +40,26 @@ from facegs.core.imageio import decode_rgb, encode_rgb
 from facegs.core.labels import CANONICAL
 from facegs.core.manifest import SubjectManifest, View, save_manifest
 from facegs.core.storage import atomic_directory
+from facegs.ingest.images import apply_color_matrix, read_video_frame, undistort
 
 PixelCenters = Literal["half", "integer"]
+
+
 PIXEL_CENTERS = ("half", "integer")
+
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+
+
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
+
+
 IMAGES_DIR = "images"
+
+
 POINTS_NAME = "points3d.npz"
+
+
 _ID_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -75,11 +87,6 @@ class CaptureView:
     frame: int | None = None
     calib_size: tuple[int, int] | None = None  # (W, H) that K describes, when the image may be scaled
     size_fields: tuple[str, str] = ("width", "height")  # source field names of width / height, for errors
-
-
-# ----------------------------------------------------------------------------------------------
-# Small parsing helpers that raise InputError naming subject, view, field and file.
-# ----------------------------------------------------------------------------------------------
 
 
 def sanitize_id(name: str) -> str:
@@ -213,14 +220,6 @@ def k_from_source(K: np.ndarray, pixel_centers: PixelCenters) -> np.ndarray:
     return K
 
 
-def k_to_opencv(K: np.ndarray) -> np.ndarray:
-    """facegs ``K`` (pixel centres at +0.5) -> the ``K`` OpenCV's image functions expect."""
-    K = np.array(K, dtype=np.float64)
-    K[0, 2] -= 0.5
-    K[1, 2] -= 0.5
-    return K
-
-
 def find_image(folder: Path, stems: list[str], exts: tuple[str, ...] = IMAGE_EXTS) -> Path | None:
     """First existing ``folder/stem.ext`` for the given stems and extensions (case-insensitive ext)."""
     if not folder.is_dir():
@@ -232,66 +231,6 @@ def find_image(folder: Path, stems: list[str], exts: tuple[str, ...] = IMAGE_EXT
                 if p.is_file():
                     return p
     return None
-
-
-# ----------------------------------------------------------------------------------------------
-# Image processing.
-# ----------------------------------------------------------------------------------------------
-
-
-def undistort(rgb: np.ndarray, K: np.ndarray, distortion: np.ndarray, fisheye: bool = False) -> np.ndarray:
-    """Undistort an [H, W, 3] image keeping the same ``K`` (facegs convention, pixel centres +0.5).
-
-    Plain models use ``cv2.undistort``; ``fisheye`` uses ``cv2.fisheye.undistortImage`` with
-    ``Knew = K``. Both get ``K`` converted to OpenCV's integer pixel-centre convention.
-    """
-    Kcv = k_to_opencv(K)
-    d = np.asarray(distortion, dtype=np.float64)
-    if fisheye:
-        return cv2.fisheye.undistortImage(rgb, Kcv, d.reshape(4, 1), Knew=Kcv)
-    return cv2.undistort(rgb, Kcv, d, None, Kcv)
-
-
-def _srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def _linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
-
-
-def apply_color_matrix(rgb: np.ndarray, ccm: np.ndarray) -> np.ndarray:
-    """Apply a colour-correction matrix to an [H, W, 3] uint8 sRGB image.
-
-    The matrix acts on LINEAR RGB in [0, 1] (sRGB decoded first, re-encoded after), as NeRSemble's
-    calibration does: ``[3, 3]`` maps (R, G, B); ``[3, 4]`` maps (R, G, B, 1). The result is clipped
-    to [0, 1] and rounded to uint8.
-    """
-    ccm = np.asarray(ccm, dtype=np.float64)
-    lin = _srgb_to_linear(rgb.reshape(-1, 3).astype(np.float64) / 255.0)
-    if ccm.shape == (3, 4):
-        lin = np.concatenate([lin, np.ones((lin.shape[0], 1))], axis=1)
-    out = _linear_to_srgb(lin @ ccm.T)
-    return np.rint(out * 255.0).astype(np.uint8).reshape(rgb.shape)
-
-
-def read_video_frame(path: Path, frame: int) -> np.ndarray:
-    """Frame ``frame`` (0-based) of a video as [H, W, 3] uint8 RGB; :class:`InputError` otherwise."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise InputError("cannot open video (OpenCV could not decode it)", path=str(path))
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        if frame < 0 or (n > 0 and frame >= n):
-            raise InputError(f"frame {frame} is out of range (video has {n} frames)", path=str(path))
-        cap.set(cv2.CAP_PROP_POS_FRAMES, frame)
-        ok, bgr = cap.read()
-        if not ok or bgr is None:
-            raise InputError(f"cannot read frame {frame}", path=str(path))
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    finally:
-        cap.release()
 
 
 def _load_source_image(v: CaptureView, subject: str) -> tuple[np.ndarray, bytes | None]:

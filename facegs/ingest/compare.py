@@ -101,7 +101,7 @@ def sfm_cross_check(
     focal-length error and the SfM run statistics. An outside check of a capture's calibration, and
     of the realism of synthetic subjects (SfM must find them textured and rigid).
     """
-    from facegs.ingest import ingest
+    from facegs.ingest import ingest  # lazy: facegs.ingest imports this module's package
 
     ref = load_manifest(subject_dir)
     work = Path(work_dir)

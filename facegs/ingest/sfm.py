@@ -34,7 +34,7 @@ from facegs.ingest.colmap import ingest_reconstruction
 from facegs.ingest.common import IMAGE_EXTS, resolve_subject_id
 
 if TYPE_CHECKING:
-    import pycolmap
+    import pycolmap  # lazy: a large native library, needed only for structure-from-motion
 
 SFM_DIR = "sfm"
 LAYOUT = """\
@@ -85,7 +85,7 @@ PROFILES = ("auto", "colmap", "low_res")
 class SfmResult:
     """The largest reconstruction and how the run went."""
 
-    reconstruction: "pycolmap.Reconstruction"
+    reconstruction: pycolmap.Reconstruction
     image_names: list[str]
     num_registered: int
     num_models: int
@@ -126,7 +126,7 @@ def resolve_profile(image_dir: Path, names: list[str], options: SfmOptions) -> s
 @contextlib.contextmanager
 def _quiet_colmap() -> Iterator[None]:
     """Silence COLMAP's INFO logging for the duration (warnings and errors still show)."""
-    import pycolmap
+    import pycolmap  # lazy: a large native library, needed only for structure-from-motion
 
     old = pycolmap.logging.minloglevel
     pycolmap.logging.minloglevel = 1
@@ -142,7 +142,7 @@ def run_sfm(image_dir: str | os.PathLike, workspace: str | os.PathLike, options:
     Returns the reconstruction with the most registered images. Raises :class:`InputError` when
     nothing reconstructs.
     """
-    import pycolmap
+    import pycolmap  # lazy: a large native library, needed only for structure-from-motion
 
     names = list_images(image_dir)
     if len(names) < 3:

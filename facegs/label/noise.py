@@ -64,7 +64,7 @@ class NoiseSpec:
         return not (self.pixel or self.lr_swap or self.boundary or self.pose)
 
     @classmethod
-    def parse(cls, text: "str | NoiseSpec | None") -> "NoiseSpec":
+    def parse(cls, text: str | NoiseSpec | None) -> NoiseSpec:
         """Parse ``"name:value[,name:value...]"`` (names: pixel, lr_swap, boundary, pose).
 
         ``""``, ``"none"`` and ``"clean"`` mean no noise. Raises ``ValueError`` naming the bad part.
@@ -99,7 +99,7 @@ class NoiseSpec:
         return ",".join(parts) if parts else "none"
 
 
-def parse_noise_spec(text: "str | NoiseSpec | None") -> NoiseSpec:
+def parse_noise_spec(text: str | NoiseSpec | None) -> NoiseSpec:
     """Function form of :meth:`NoiseSpec.parse`."""
     return NoiseSpec.parse(text)
 

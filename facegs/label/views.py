@@ -31,8 +31,7 @@ from tqdm.auto import tqdm
 
 from facegs.core.errors import InputError
 from facegs.core.hashing import derive_seed
-from facegs.core.imageio import (dequantize_unit, quantize_unit, read_labels, read_rgb, write_confidence,
-                                 write_labels)
+from facegs.core.imageio import dequantize_unit, quantize_unit, read_labels, read_rgb, write_confidence, write_labels
 from facegs.core.labels import CANONICAL, remap
 from facegs.core.manifest import SubjectManifest, load_manifest, save_manifest
 from facegs.core.storage import swap_into_place

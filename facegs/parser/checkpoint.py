@@ -32,289 +32,40 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import facegs
 from facegs.core.errors import InputError
-from facegs.core.labels import CANONICAL, LabelSet, get_label_set, mapping_lut
+from facegs.core.labels import CANONICAL, get_label_set
 from facegs.core.storage import atomic_write_bytes
 from facegs.parser.bisenet import PUBLISHED_INPUT_SIZE, BiSeNet, MainHead, expected_state_shapes
-from facegs.parser.normalize import Normalization, normalize_rgb
+from facegs.parser.model import ParserModel
+from facegs.parser.normalize import Normalization
+from facegs.parser.state_dict import (
+    PathLike,
+    check_state_dict,
+    clean_state_dict,
+    infer_bisenet_config,
+    torch_load_weights,
+    unwrap_state_dict,
+)
 
 FORMAT_NAME = "facegs.parser"
+
+
 FORMAT_VERSION = 1
+
+
 TORCHSCRIPT_META_FILE = "facegs_meta.json"
-MISSING_LOGIT = -1.0e4
-"""Logit given to canonical classes the source label set lacks (finite: safe under interpolation
-and in float16; far below any logit a trained parser produces)."""
-
-_WRAPPER_KEYS = ("state_dict", "params_ema", "params", "model", "net")
-_MAX_NAMES = 5
-
-PathLike = str | os.PathLike
 
 
-class CheckpointMismatchError(InputError):
-    """A state_dict does not match the expected layout. Lists of the offending keys are attributes."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        missing: list[str],
-        unexpected: list[str],
-        mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
-        path: str | None = None,
-    ) -> None:
-        self.missing = missing
-        self.unexpected = unexpected
-        self.mismatched = mismatched  # (key, shape in file, expected shape)
-        super().__init__(message, field="state_dict", path=path)
-
-
-# ----------------------------------------------------------------------------------------------
-# state_dict normalisation and validation
-# ----------------------------------------------------------------------------------------------
-
-
-def _is_tensor_dict(d: Mapping[str, Any]) -> bool:
-    return len(d) > 0 and all(isinstance(v, torch.Tensor) for v in d.values())
-
-
-def _unwrap(obj: Any, path: str | None) -> Mapping[str, torch.Tensor]:
-    """Peel ``{"state_dict": ...}`` / ``{"params": ...}`` / ... wrappers off a loaded checkpoint."""
-    for _ in range(4):
-        if not isinstance(obj, Mapping):
-            raise InputError(f"expected a state_dict (a dict of tensors), got {type(obj).__name__}", path=path)
-        if _is_tensor_dict(obj):
-            return obj
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            raise InputError(
-                f"not a state_dict and no known wrapper key {_WRAPPER_KEYS}; top-level keys: {sorted(map(str, obj))[:10]}",
-                path=path,
-            )
-        obj = inner
-    raise InputError("checkpoint wrappers nested too deeply", path=path)
-
-
-def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip ``module.`` prefixes (DataParallel/DDP) and drop ``num_batches_tracked`` entries."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        while key.startswith("module."):
-            key = key[len("module.") :]
-        if key.endswith("num_batches_tracked"):
-            continue
-        out[key] = value
-    return out
-
-
-def _names(keys: list[str]) -> str:
-    head = ", ".join(keys[:_MAX_NAMES])
-    return head + (f" (+{len(keys) - _MAX_NAMES} more)" if len(keys) > _MAX_NAMES else "")
-
-
-def check_state_dict(
-    state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], *, path: str | None = None
-) -> None:
-    """Raise :class:`CheckpointMismatchError` naming missing/unexpected keys and shape mismatches."""
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        (k, tuple(v.shape), tuple(expected[k])) for k, v in state_dict.items() if k in expected and tuple(v.shape) != tuple(expected[k])
-    ]
-    if not (missing or unexpected or mismatched):
-        return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys: {_names(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys: {_names(unexpected)}")
-    if mismatched:
-        shown = [f"{k} {list(a)} (expected {list(b)})" for k, a, b in mismatched]
-        parts.append(f"{len(mismatched)} shape mismatches: {_names(shown)}")
-    raise CheckpointMismatchError(
-        "state_dict does not match the BiSeNet layout: " + "; ".join(parts),
-        missing=missing,
-        unexpected=unexpected,
-        mismatched=mismatched,
-        path=path,
-    )
-
-
-def _torch_load(path: PathLike, map_location: str | torch.device) -> Any:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # UnpicklingError for anything but plain containers of tensors
-        raise InputError(f"cannot load as a weights-only checkpoint: {e}", path=str(path)) from e
-
-
-def infer_bisenet_config(state_dict: Mapping[str, torch.Tensor]) -> tuple[int, float]:
-    """``(n_classes, width)`` of a cleaned BiSeNet state_dict, from ``conv_out.conv_out.weight`` and the stem."""
-    try:
-        n_classes = int(state_dict["conv_out.conv_out.weight"].shape[0])
-        width = int(state_dict["cp.resnet.conv1.weight"].shape[0]) / 64.0
-    except KeyError as e:
-        raise CheckpointMismatchError(
-            f"not a BiSeNet state_dict: missing key {e.args[0]}", missing=[e.args[0]], unexpected=[], mismatched=[]
-        ) from None
-    return n_classes, width
-
-
-def load_bisenet_state_dict(
-    path_or_dict: PathLike | Mapping[str, Any],
-    *,
-    n_classes: int | None = None,
-    width: float = 1.0,
-    map_location: str | torch.device = "cpu",
-) -> dict[str, torch.Tensor]:
-    """Load and validate a BiSeNet state_dict in the published layout; returns ``{key: tensor}``.
-
-    Accepts a path (``torch.load(..., weights_only=True)``) or an already loaded object: the bare
-    ``79999_iter.pth`` / facexlib ``parsing_bisenet.pth`` dict, optionally wrapped in
-    ``{"state_dict"|"params_ema"|"params"|"model"|"net": ...}`` (a facegs checkpoint is accepted too).
-    ``module.`` prefixes are stripped and ``num_batches_tracked`` entries dropped. The result is
-    checked against ``BiSeNet(n_classes, width)`` (``n_classes`` defaults to the file's main head);
-    a mismatch raises :class:`CheckpointMismatchError` naming the first offending keys.
-    """
-    path = None if isinstance(path_or_dict, Mapping) else str(path_or_dict)
-    obj = path_or_dict if isinstance(path_or_dict, Mapping) else _torch_load(path_or_dict, map_location)
-    state_dict = clean_state_dict(_unwrap(obj, path))
-    if n_classes is None:
-        w = state_dict.get("conv_out.conv_out.weight")
-        n_classes = int(w.shape[0]) if isinstance(w, torch.Tensor) and w.ndim == 4 else 19
-    check_state_dict(state_dict, expected_state_shapes(n_classes, width), path=path)
-    return state_dict
-
-
-# ----------------------------------------------------------------------------------------------
-# canonical mapping of logits
-# ----------------------------------------------------------------------------------------------
-
-
-def _label_set(ls: LabelSet | str) -> LabelSet:
-    return get_label_set(ls) if isinstance(ls, str) else ls
-
-
-def canonical_sources(label_set: LabelSet | str) -> list[list[int]]:
-    """For each canonical class, the indices of ``label_set``'s classes that map to it (may be empty)."""
-    src = _label_set(label_set)
-    lut = mapping_lut(src, CANONICAL)[: src.num_classes]
-    n_canon = get_label_set(CANONICAL).num_classes
-    return [[int(i) for i in np.flatnonzero(lut == c)] for c in range(n_canon)]
-
-
-def to_canonical_logits(logits: torch.Tensor, label_set: LabelSet | str) -> torch.Tensor:
-    """``[B, K_src, H, W]`` logits in ``label_set`` order -> ``[B, 19, H, W]`` in ``celebamask19`` order.
-
-    One source class -> its logit; several -> ``logsumexp``; none -> :data:`MISSING_LOGIT`.
-    The canonical set itself is returned unchanged (same tensor).
-    """
-    ls = _label_set(label_set)
-    if logits.ndim != 4 or logits.shape[1] != ls.num_classes:
-        raise ValueError(f"label set '{ls.name}' has {ls.num_classes} classes; logits have shape {list(logits.shape)}")
-    if ls.name == CANONICAL:
-        return logits
-    sources = canonical_sources(ls)
-    b, _, h, w = logits.shape
-    out = logits.new_full((b, len(sources), h, w), MISSING_LOGIT)
-    for c, idx in enumerate(sources):
-        if len(idx) == 1:
-            out[:, c] = logits[:, idx[0]]
-        elif idx:
-            out[:, c] = torch.logsumexp(logits[:, idx], dim=1)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# ParserModel
-# ----------------------------------------------------------------------------------------------
-
-
-class ParserModel:
-    """A loaded face parser with its label set, input size and normalisation.
-
-    ``module``: the ``nn.Module`` (or TorchScript module), kept in eval mode; it takes normalised
-    ``[B, 3, h, w]`` float and returns ``[B, K, h', w']`` logits (or a tuple whose element 0 is).
-    ``label_set``: the module's own label set. ``input_size``: ``(h, w)`` images are resized to
-    before the module, or ``None`` to run at each image's own size. ``meta``: JSON-able description.
-    """
-
-    def __init__(
-        self,
-        module: nn.Module,
-        label_set: str,
-        *,
-        input_size: tuple[int, int] | None,
-        normalization: Normalization | str | Mapping[str, Any] | None = None,
-        meta: dict[str, Any] | None = None,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        get_label_set(label_set)  # raises KeyError for unknown sets
-        self.device = torch.device(device)
-        self.module = module.to(self.device).eval()
-        self.label_set = label_set
-        self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
-        self.normalization = Normalization.from_spec(normalization)
-        self.meta = dict(meta or {})
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes of the module's own label set."""
-        return get_label_set(self.label_set).num_classes
-
-    def raw_logits(self, rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """RGB ``uint8 [B, H, W, 3]`` (or ``[B, 3, H, W]``, or float in [0, 1]) -> ``[B, K, H, W]``
-        logits in the module's own label set, on ``self.device``.
-
-        Images are normalised, resized to ``input_size`` (bilinear, antialiased when shrinking), run
-        through the module, and the logits resized back to ``(H, W)`` (bilinear, align_corners=False).
-        """
-        x = normalize_rgb(torch.as_tensor(rgb).to(self.device), self.normalization)
-        h, w = int(x.shape[2]), int(x.shape[3])
-        if self.input_size is not None and (h, w) != self.input_size:
-            shrink = self.input_size[0] < h or self.input_size[1] < w
-            x = F.interpolate(x, size=list(self.input_size), mode="bilinear", align_corners=False, antialias=shrink)
-        with torch.no_grad():
-            out = self.module(x)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        if out.ndim != 4 or out.shape[1] != self.num_classes:
-            raise ValueError(
-                f"parser output has shape {list(out.shape)}; label set '{self.label_set}' needs [B, {self.num_classes}, h, w]"
-            )
-        if tuple(out.shape[2:]) != (h, w):
-            out = F.interpolate(out, size=[h, w], mode="bilinear", align_corners=False)
-        return out.float()
-
-    def predict_logits(self, rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """RGB ``uint8 [B, H, W, 3]`` -> ``[B, 19, H, W]`` float logits in canonical ``celebamask19`` order.
-
-        See :meth:`raw_logits` for resizing and :func:`to_canonical_logits` for the class mapping.
-        """
-        return to_canonical_logits(self.raw_logits(rgb), self.label_set)
-
-    def predict_labels(self, rgb: np.ndarray | torch.Tensor) -> np.ndarray:
-        """RGB ``uint8 [B, H, W, 3]`` -> ``[B, H, W]`` uint8 canonical class indices (argmax)."""
-        return self.predict_logits(rgb).argmax(dim=1).to(torch.uint8).cpu().numpy()
-
-
-# ----------------------------------------------------------------------------------------------
-# facegs checkpoint format
-# ----------------------------------------------------------------------------------------------
 
 
 def _plain(obj: Any, what: str) -> Any:
@@ -456,7 +207,7 @@ def load_parser(
             meta=meta,
             device=device,
         )
-    obj = _torch_load(path, "cpu")
+    obj = torch_load_weights(path, "cpu")
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT_NAME:
         if int(obj.get("format_version", 0)) > FORMAT_VERSION:
             raise InputError(f"facegs parser format_version {obj['format_version']} is newer than this facegs reads ({FORMAT_VERSION})", path=spath)
@@ -473,7 +224,7 @@ def load_parser(
             meta={**meta, "source": "facegs", "path": spath},
             device=device,
         )
-    state_dict = clean_state_dict(_unwrap(obj, spath))
+    state_dict = clean_state_dict(unwrap_state_dict(obj, spath))
     n_classes, width = infer_bisenet_config(state_dict)
     ls = label_set or CANONICAL
     model = _bisenet_from_state_dict(state_dict, n_classes, width, spath)
@@ -486,11 +237,6 @@ def load_parser(
         meta={**meta, "source": "bisenet_state_dict", "path": spath},
         device=device,
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# TorchScript export
-# ----------------------------------------------------------------------------------------------
 
 
 def export_torchscript(

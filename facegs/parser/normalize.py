@@ -44,7 +44,7 @@ class Normalization:
         return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
 
     @classmethod
-    def from_spec(cls, spec: "Normalization | str | Mapping[str, Any] | None") -> "Normalization":
+    def from_spec(cls, spec: Normalization | str | Mapping[str, Any] | None) -> Normalization:
         """Build from a preset name (``"imagenet"``, ``"unit"``), a ``{"mean", "std"}`` mapping,
         an instance (returned as is) or ``None`` (= ``"imagenet"``)."""
         if spec is None or isinstance(spec, Normalization):

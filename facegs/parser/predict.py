@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Prediction with a parser: class probabilities for RGB images, with left/right-aware flip test-time augmentation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""Component steps of the label clean-up (:mod:`facegs.render.cleanup`): small components, holes, islands.
+
+Each step relabels whole connected components at once, with the class that the surrounding labels
+and the rendered probabilities vote for (:func:`_component_choice`).
+"""
 
 from __future__ import annotations
 

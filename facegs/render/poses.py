@@ -15,7 +15,7 @@ pitch > 0 puts it above the head looking down, roll turns the camera about its o
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -24,7 +24,7 @@ from facegs.core.options import opt
 from facegs.fit.config import FitConfig
 from facegs.render.cleanup import CleanupConfig, clean_labels
 from facegs.render.poses import DISTRIBUTIONS, cameras_for_poses, match_capture_intrinsics, sample_poses
-from facegs.splat.render import BACKGROUND_CLASS, label_probs, render_rgb_labels
+from facegs.splat.rgb_labels import BACKGROUND_CLASS, label_probs, render_rgb_labels
 
 Cameras = list[tuple[np.ndarray, np.ndarray]]  # (world-to-camera [4, 4], K [3, 3]) per view
 

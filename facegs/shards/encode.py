@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""Samples and their encoding: arrays + metadata -> the member bytes of one WebDataset sample.
+
+:class:`Sample` holds RGB [H, W, 3] uint8, labels [H, W] uint8, confidence and alpha [H, W] float32
+in [0, 1] (stored as 8 bits), ignore [H, W] bool and the JSON metadata; :func:`validate_sample`
+checks all of it before anything is written; encoders are deterministic (equal inputs, equal bytes).
+"""
 
 from __future__ import annotations
 
@@ -145,7 +150,7 @@ class EncodedSample:
         return sum(len(b) for _, b in self.members)
 
 
-def encode_samples(samples: "Iterable[Sample | EncodedSample]", rgb_format: str = "jpg",
+def encode_samples(samples: Iterable[Sample | EncodedSample], rgb_format: str = "jpg",
                    jpeg_quality: int = 95) -> Iterator[EncodedSample]:
     """Stage: encode samples one by one (lazily); raises on a repeated key. Already encoded samples
     (:class:`EncodedSample`, e.g. when re-sharding) pass through unchanged."""

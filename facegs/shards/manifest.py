@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The merged manifest of a dataset root, ``manifest.parquet``: what readers trust."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from facegs.shards.schema import (
 )
 
 
-def merge_manifest(root_url: "str | DatasetRoot", storage_options: dict[str, Any] | None = None,
+def merge_manifest(root_url: str | DatasetRoot, storage_options: dict[str, Any] | None = None,
                    verify: Verify = "size") -> pa.Table:
     """Merge all committed records into ``root/manifest.parquet`` (written whole) and return the table."""
     root = DatasetRoot.open(root_url, storage_options)
@@ -30,7 +30,7 @@ def merge_manifest(root_url: "str | DatasetRoot", storage_options: dict[str, Any
     return table
 
 
-def read_manifest(root_url: "str | DatasetRoot", storage_options: dict[str, Any] | None = None) -> pa.Table:
+def read_manifest(root_url: str | DatasetRoot, storage_options: dict[str, Any] | None = None) -> pa.Table:
     """Read ``root/manifest.parquet``; raises :class:`InputError` if absent or of another schema."""
     root = DatasetRoot.open(root_url, storage_options)
     path = root.join(DATASET_MANIFEST)

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""A dataset root (fsspec filesystem + path) and the per-shard records that commit its shards.
+
+Layout: ``root/shards/{prefix}-{index:06d}.tar``, ``root/records/{prefix}-{index:06d}.json`` (one row of
+:data:`facegs.shards.schema.SHARD_MANIFEST_SCHEMA`, written after the shard is visible),
+``root/manifest.parquet``.
+"""
 
 from __future__ import annotations
 
@@ -56,14 +61,14 @@ class ShardRecord:
                 for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ShardRecord":
+    def from_dict(cls, d: dict[str, Any]) -> ShardRecord:
         names = [f.name for f in dataclasses.fields(cls)]
         if set(d) != set(names) or names != SHARD_MANIFEST_SCHEMA.names:
             raise ValueError(f"shard record fields {sorted(d)} differ from {sorted(names)}")
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
-def _make_record(rel: str, index: int, encoded: list[EncodedSample], nbytes: int, sha: str) -> ShardRecord:
+def make_record(rel: str, index: int, encoded: list[EncodedSample], nbytes: int, sha: str) -> ShardRecord:
     yh, ph = pose_histogram(np.array([e.yaw for e in encoded]), np.array([e.pitch for e in encoded]))
     return ShardRecord(shard=rel, shard_index=index, num_samples=len(encoded), num_bytes=nbytes, sha256=sha,
                        subjects=tuple(sorted({e.subject_id for e in encoded})), keys=tuple(e.key for e in encoded),
@@ -79,7 +84,7 @@ class DatasetRoot:
     path: str
 
     @classmethod
-    def open(cls, root_url: "str | DatasetRoot", storage_options: dict[str, Any] | None = None) -> "DatasetRoot":
+    def open(cls, root_url: str | DatasetRoot, storage_options: dict[str, Any] | None = None) -> DatasetRoot:
         if isinstance(root_url, DatasetRoot):
             return root_url
         fs, path = fsspec.core.url_to_fs(root_url, **(storage_options or {}))
@@ -92,7 +97,7 @@ class DatasetRoot:
         return self.join(SHARDS_DIR, name)
 
     def record_path(self, name: str) -> str:
-        return self.join(RECORDS_DIR, _record_name(name))
+        return self.join(RECORDS_DIR, record_name(name))
 
     def relative(self, path: str) -> str:
         p = self.fs._strip_protocol(path)
@@ -112,7 +117,7 @@ class DatasetRoot:
         return [e for e in entries if e.get("type") == "file"]
 
 
-def _record_name(shard: str) -> str:
+def record_name(shard: str) -> str:
     return shard[: -len(".tar")] + ".json" if shard.endswith(".tar") else shard + ".json"
 
 

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""Classifying what lies under a dataset root: committed shards, orphans, temporary files, invalid records.
+
+A shard without a valid record is an orphan (a crash between the two writes, or a rerun in
+progress); a record whose shard is missing or whose size (or sha256) does not match is invalid.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ from typing import Any
 
 from facegs.core.hashing import sha256_of
 from facegs.core.storage import TMP_MARKER
-from facegs.shards.root import RECORDS_DIR, SHARDS_DIR, DatasetRoot, ShardRecord, Verify, _record_name
-from facegs.shards.writer import _SHARD_RE
+from facegs.shards.root import RECORDS_DIR, SHARDS_DIR, DatasetRoot, ShardRecord, Verify, record_name
+from facegs.shards.writer import SHARD_NAME_RE
 
 
 @dataclass
@@ -80,7 +84,7 @@ def _scan(root: DatasetRoot, verify: Verify) -> tuple[list[ShardRecord], OrphanR
             report.invalid_records.append((rel, f"unreadable record: {err}"))
             continue
         info = shards.get(rec.name)
-        if rec.shard != f"{SHARDS_DIR}/{rec.name}" or _record_name(rec.name) != name:
+        if rec.shard != f"{SHARDS_DIR}/{rec.name}" or record_name(rec.name) != name:
             reason = f"record names shard '{rec.shard}', expected '{SHARDS_DIR}/{name[:-5]}.tar'"
         elif info is None:
             reason = "shard is missing"
@@ -99,16 +103,16 @@ def _scan(root: DatasetRoot, verify: Verify) -> tuple[list[ShardRecord], OrphanR
     return sorted(valid, key=lambda r: r.shard), report, shards
 
 
-def list_committed(root_url: "str | DatasetRoot", storage_options: dict[str, Any] | None = None,
+def list_committed(root_url: str | DatasetRoot, storage_options: dict[str, Any] | None = None,
                    verify: Verify = "size") -> list[ShardRecord]:
     """Records whose shard exists and matches (``verify``: "none", "size" or "sha256"), by shard path."""
     return _scan(DatasetRoot.open(root_url, storage_options), verify)[0]
 
 
-def subject_records(root_url: "str | DatasetRoot", subject_id: str, storage_options: dict[str, Any] | None = None,
+def subject_records(root_url: str | DatasetRoot, subject_id: str, storage_options: dict[str, Any] | None = None,
                     verify: Verify = "size") -> list[ShardRecord]:
     """Committed records of the shards with prefix ``subject_id``, in index order."""
-    pat = re.compile(_SHARD_RE.format(prefix=re.escape(subject_id), ext="tar"))
+    pat = re.compile(SHARD_NAME_RE.format(prefix=re.escape(subject_id), ext="tar"))
     recs = [r for r in list_committed(root_url, storage_options, verify) if pat.match(r.name)]
     return sorted(recs, key=lambda r: r.shard_index)
 
@@ -120,7 +124,7 @@ def _old_enough(info: dict[str, Any] | None, min_age_s: float, now: float) -> bo
     return t is not None and now - t >= min_age_s
 
 
-def find_orphans(root_url: "str | DatasetRoot", storage_options: dict[str, Any] | None = None,
+def find_orphans(root_url: str | DatasetRoot, storage_options: dict[str, Any] | None = None,
                  verify: Verify = "size", min_age_s: float = 0.0) -> OrphanReport:
     """Shards without a valid record, temporary files and invalid records under the root.
 
@@ -139,7 +143,7 @@ def find_orphans(root_url: "str | DatasetRoot", storage_options: dict[str, Any] 
     return report
 
 
-def cleanup_orphans(root_url: "str | DatasetRoot", storage_options: dict[str, Any] | None = None,
+def cleanup_orphans(root_url: str | DatasetRoot, storage_options: dict[str, Any] | None = None,
                     verify: Verify = "size", min_age_s: float = 0.0) -> OrphanReport:
     """Delete what :func:`find_orphans` reports (invalid records first, then shards and temp files)."""
     root = DatasetRoot.open(root_url, storage_options)

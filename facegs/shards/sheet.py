@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""A contact sheet of a dataset's samples spread over yaw, labels overlaid (``facegs dataset sheet``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 
 from facegs.core.imageio import encode_rgb
 from facegs.core.labels import IGNORE_INDEX, get_label_set
-from facegs.core.viz import _caption, _fit, _legend, overlay
+from facegs.core.viz import caption, fit_tile, legend_strip, overlay
+from facegs.shards.stream import ShardDataset
 
 
 def shard_contact_sheet(root_url: str, max_samples: int = 24, tile: int = 128, cols: int | None = None,
@@ -18,7 +19,6 @@ def shard_contact_sheet(root_url: str, max_samples: int = 24, tile: int = 128, c
     """Grid of dataset samples (a facegs shard root): each cell is the RGB beside its label overlay
     with the ignore mask hatched in grey, captioned with key, yaw and pitch. Samples are spread
     evenly over yaw (sorted), so extreme poses are always shown. Returns [H, W, 3] uint8 RGB."""
-    from facegs.shards.stream import ShardDataset
 
     if max_samples < 1 or tile < 16:
         raise ValueError("max_samples must be >= 1 and tile >= 16")
@@ -40,15 +40,15 @@ def shard_contact_sheet(root_url: str, max_samples: int = 24, tile: int = 128, c
         ov = overlay(s["rgb"], seg, ls, alpha)
         hatch = s["ignore"] & ((np.add.outer(np.arange(seg.shape[0]), np.arange(seg.shape[1])) // 3) % 2 == 0)
         ov[hatch] = 128
-        left, right = _fit(s["rgb"], tile), _fit(ov, tile)
+        left, right = fit_tile(s["rgb"], tile), fit_tile(ov, tile)
         m = s["meta"]
-        _caption(left, s["__key__"])
-        _caption(right, f"y{m['yaw']:+.0f} p{m['pitch']:+.0f}")
+        caption(left, s["__key__"])
+        caption(right, f"y{m['yaw']:+.0f} p{m['pitch']:+.0f}")
         r, c = divmod(k, cols)
         sheet[r * tile:(r + 1) * tile, c * 2 * tile:(c * 2 + 1) * tile] = left
         sheet[r * tile:(r + 1) * tile, (c * 2 + 1) * tile:(c * 2 + 2) * tile] = right
     if present - {0}:
-        sheet = np.concatenate([sheet, _legend(sorted(present - {0}), ls, sheet.shape[1], max(18, tile // 8))], axis=0)
+        sheet = np.concatenate([sheet, legend_strip(sorted(present - {0}), ls, sheet.shape[1], max(18, tile // 8))], axis=0)
     return sheet
 
 

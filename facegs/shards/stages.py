@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""The reader's stages: each a small generator over samples, composable, testable without a tar.
+
+``iter_shard_members`` -> :func:`group_by_key` -> (:func:`select_abs_yaw`) -> :func:`shuffle` ->
+:func:`decode_samples` -> :func:`random_hflip` -> :func:`remap_labels`; plus the shard splitting of
+ranks and loader workers (:func:`split_shards`, :func:`per_worker_count`).
+"""
 
 from __future__ import annotations
 

@@ -56,10 +56,13 @@ from typing import Any, Literal
 import fsspec
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from facegs.core.errors import InputError
 from facegs.core.labels import get_label_set
+from facegs.shards.manifest import read_manifest
+from facegs.shards.root import DatasetRoot
 from facegs.shards.stages import (
     Decoded,
     RawSample,
@@ -80,7 +83,6 @@ log = logging.getLogger(__name__)
 
 def default_rank_world() -> tuple[int, int]:
     """(rank, world size) from torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1)."""
-    import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -147,8 +149,6 @@ class ShardDataset(IterableDataset):
         self.root_url = root_url
         self.storage_options = dict(storage_options or {})
         if shards is None:
-            from facegs.shards.manifest import read_manifest
-
             shards = read_manifest(root_url, self.storage_options).column("shard").to_pylist()
         self.shards = list(shards)
         self.rank, self.world_size = rank, world_size
@@ -192,8 +192,6 @@ class ShardDataset(IterableDataset):
                 raise InputError(f"{bad_in_a_row} shards in a row gave no samples", path=self.root_url)
 
     def __iter__(self) -> Iterator[Any]:
-        from facegs.shards.root import DatasetRoot
-
         root = DatasetRoot.open(self.root_url, self.storage_options)
         rank, world = self._rank_world()
         wi = get_worker_info()

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Reproducible tar writing: USTAR, mtime 0, uid/gid 0, empty names, mode 0444, members in order,
+sha256 and size computed as the bytes pass.
+"""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ from typing import Any
 from facegs.core.errors import InputError
 from facegs.core.storage import open_atomic
 from facegs.shards.encode import EncodedSample, Sample, encode_samples
-from facegs.shards.root import RECORDS_DIR, SHARDS_DIR, DatasetRoot, ShardRecord, _make_record, write_record
+from facegs.shards.root import RECORDS_DIR, SHARDS_DIR, DatasetRoot, ShardRecord, make_record, write_record
 from facegs.shards.schema import (
     sample_key,
     shard_name,
@@ -90,8 +90,8 @@ def _take_shard(first: EncodedSample, rest: Iterator[EncodedSample], maxcount: i
 
 
 def write_shards(
-    samples: "Iterable[Sample | EncodedSample]",
-    root_url: "str | DatasetRoot",
+    samples: Iterable[Sample | EncodedSample],
+    root_url: str | DatasetRoot,
     prefix: str,
     *,
     start_index: int = 0,
@@ -122,7 +122,7 @@ def write_shards(
         name = shard_name(prefix, index)
         with open_atomic(root.fs, root.shard_path(name)) as f:
             written, nbytes, sha = write_tar(f, _take_shard(first, it, maxcount, maxsize))
-        rec = _make_record(f"{SHARDS_DIR}/{name}", index, written, nbytes, sha)
+        rec = make_record(f"{SHARDS_DIR}/{name}", index, written, nbytes, sha)
         if write_records:
             write_record(root, rec)
         records.append(rec)
@@ -130,11 +130,11 @@ def write_shards(
     return records
 
 
-_SHARD_RE = r"^{prefix}-(\d{{6}})\.{ext}$"
+SHARD_NAME_RE = r"^{prefix}-(\d{{6}})\.{ext}$"
 
 
 def _prefix_indices(names: Iterable[str], prefix: str, ext: str) -> dict[int, str]:
-    pat = re.compile(_SHARD_RE.format(prefix=re.escape(prefix), ext=ext))
+    pat = re.compile(SHARD_NAME_RE.format(prefix=re.escape(prefix), ext=ext))
     out = {}
     for n in names:
         if m := pat.match(n):
@@ -144,7 +144,7 @@ def _prefix_indices(names: Iterable[str], prefix: str, ext: str) -> dict[int, st
 
 def commit_subject(
     samples: Iterable[Sample],
-    root_url: "str | DatasetRoot",
+    root_url: str | DatasetRoot,
     subject_id: str,
     *,
     maxcount: int = DEFAULT_MAXCOUNT,

@@ -6,6 +6,9 @@ warning and its kernels fail, so CPU users never touch it.
 
 from __future__ import annotations
 
+import importlib.util
+
+import torch
 from torch import Tensor
 
 
@@ -14,9 +17,6 @@ def gsplat_available() -> bool:
 
     Does not import gsplat (that may print warnings or JIT-compile its kernels).
     """
-    import importlib.util
-
-    import torch
 
     return torch.cuda.is_available() and importlib.util.find_spec("gsplat") is not None
 
@@ -45,7 +45,7 @@ def rasterize_gsplat(
     Returns colors [C, H, W, D(+1)], alphas [C, H, W, 1] and gsplat's unpacked meta (plus
     ``meta["backend"] = "gsplat"``).
     """
-    from gsplat import rasterization
+    from gsplat import rasterization  # lazy: CUDA only, compiles its kernels on first import
 
     render, alphas, meta = rasterization(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height,

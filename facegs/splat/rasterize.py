@@ -20,26 +20,17 @@ renders (``means2d`` [C, N, 2] in pixels inside the autograd graph, ``radii`` [C
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from facegs.splat.projection import Projected, project_gaussians
-from facegs.splat.torch_backend import RENDER_MODES, rasterize_torch
+from facegs.splat.gsplat_backend import rasterize_gsplat
+from facegs.splat.torch_backend import rasterize_torch
 
 BACKENDS = ("auto", "torch", "gsplat")
 
 DEFAULT_TILE_SIZE = {"gsplat": 16, "torch": 8}
 """Tile edge used when ``tile_size=None``: gsplat's kernels are tuned for 16; the torch backend's
 dense per-tile matrices waste less on empty pixel-Gaussian pairs with 8 (about 2x faster)."""
-
-__all__ = [
-    "BACKENDS",
-    "DEFAULT_TILE_SIZE",
-    "RENDER_MODES",
-    "Projected",
-    "project_gaussians",
-    "rasterize",
-    "resolve_backend",
-]
 
 
 def resolve_backend(backend: str, means: Tensor) -> str:
@@ -48,7 +39,6 @@ def resolve_backend(backend: str, means: Tensor) -> str:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    import torch
 
     return "gsplat" if torch.cuda.is_available() and means.is_cuda else "torch"
 
@@ -112,8 +102,6 @@ def rasterize(
         render_mode=render_mode, tile_size=tile_size, radius_clip=radius_clip, sh_degree=sh_degree,
     )  # fmt: skip
     if chosen == "gsplat":
-        from facegs.splat.gsplat_backend import rasterize_gsplat
-
         fn = rasterize_gsplat
     else:
         fn = rasterize_torch

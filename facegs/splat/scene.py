@@ -22,6 +22,7 @@ Cameras follow facegs conventions (OpenCV, world-to-camera 4x4 ``viewmats``).
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -124,7 +125,7 @@ def camera_centers(viewmats: Tensor) -> Tensor:
 
 def eval_sh_bases(num_bases: int, dirs: Tensor) -> Tensor:
     """Real SH basis [..., num_bases] at unit directions ``dirs`` [..., 3] (gsplat order/constants)."""
-    from gsplat.cuda._torch_impl import _eval_sh_bases_fast
+    from gsplat.cuda._torch_impl import _eval_sh_bases_fast  # lazy: gsplat.cuda prints warnings on CPU
 
     return _eval_sh_bases_fast(num_bases, dirs)
 
@@ -179,7 +180,6 @@ def save_tensors(path: str | os.PathLike, params: dict[str, Tensor], *, label_se
     Layout: ``{"format": "facegs.scene", "version": 1, "label_set": str, "sh_degree": int,
     "meta": {plain str/int/float/bool/list/dict}, "params": {name: float32 CPU tensor}}``.
     """
-    import io
 
     blob = {
         "format": TENSOR_FORMAT,
@@ -363,11 +363,3 @@ def read_ply_header(path: str | os.PathLike) -> list[str]:
         head = f.read(65536)
     end = head.find(b"end_header\n")
     return head[: end + len(b"end_header")].decode("ascii").splitlines()
-
-
-__all__ = [
-    "SH_C0", "SCENE_KEYS", "Params", "num_sh_bases", "sh_degree_of", "rgb_to_sh0", "make_params",
-    "activated", "camera_centers", "eval_sh_bases", "sh_colors", "colors_and_logits",
-    "num_gaussians", "detached", "save_tensors", "load_tensors", "ply_field_names", "ply_bytes",
-    "save_ply", "load_ply", "read_ply_header",
-]

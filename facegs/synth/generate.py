@@ -29,8 +29,9 @@ from facegs.core.manifest import SubjectManifest, View, save_manifest
 from facegs.core.storage import atomic_directory
 from facegs.synth.head import build_head
 from facegs.synth.params import HeadParams, sample_head_params
-from facegs.synth.raytrace import BACKGROUNDS, TraceSettings, render_views
-from facegs.synth.rigs import RIG_NAMES, RigView, get_rig
+from facegs.synth.raytrace import TraceSettings, render_views
+from facegs.synth.rigs import RigView, get_rig
+from facegs.synth.shading import BACKGROUNDS
 
 GENERATOR_VERSION = 1
 LABEL_SET = "celebamask19"
@@ -60,7 +61,7 @@ def generate_subject(
     overwrite: bool = False,
     write_masks: bool = True,
     params: HeadParams | None = None,
-    settings: TraceSettings = TraceSettings(),
+    settings: TraceSettings = TraceSettings(),  # noqa: B008 (frozen dataclass: one shared instance is fine)
     views_per_batch: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> SubjectManifest:
@@ -163,6 +164,3 @@ def generate_dataset(
             generate_subject(out_dir, sid, subject_seed(master_seed, i), **kw)
         dirs.append(d)
     return dirs
-
-
-__all__ = ["generate_subject", "generate_dataset", "subject_seed", "subject_id_for", "RIG_NAMES"]

@@ -13,6 +13,9 @@ itself is always left-right symmetric; asymmetry comes from hair parting, one-si
 textures, lights and the head pose.
 
 Materials (``MAT_*``) select the texture and the specular response in :mod:`facegs.synth.texture`.
+
+Long module: one head, built part by part (skull, face, eyes, nose, mouth, ears, hair, accessories)
+from one shared set of proportions; the parts read in the order they are assembled.
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ class HeadParams:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "HeadParams":
+    def from_dict(d: dict[str, Any]) -> HeadParams:
         """Inverse of :meth:`to_dict`."""
         nested = {"glasses": GlassesParams, "hat": HatParams, "earrings": EarringParams, "necklace": NecklaceParams,
                   "cloth": ClothParams}
@@ -190,7 +190,7 @@ class HeadParams:
         """[4, 4] float64 head -> world transform."""
         return np.asarray(self.world_from_head, dtype=np.float64)
 
-    def with_overrides(self, **kw: Any) -> "HeadParams":
+    def with_overrides(self, **kw: Any) -> HeadParams:
         """Copy with some fields replaced (``dataclasses.replace``)."""
         return replace(self, **kw)
 

@@ -251,7 +251,7 @@ def environment_colour(p_world: torch.Tensor, palette: np.ndarray | tuple, nz: N
     q = torch.cat([p_world[:, :1].abs(), p_world[:, 1:]], 1) if mirrored else p_world
     pal = torch.as_tensor(np.asarray(palette, dtype=np.float32))  # [4, 3]
     a = nz.sample(q, 2.0, 0)
-    w1, w2, w3 = _sig(a[:, 0] * 2.5)[:, None], _sig(a[:, 1] * 2.5 - 1.0)[:, None], _sig(a[:, 2] * 3.0 - 1.5)[:, None]
+    w1, w2, _w3 = _sig(a[:, 0] * 2.5)[:, None], _sig(a[:, 1] * 2.5 - 1.0)[:, None], _sig(a[:, 2] * 3.0 - 1.5)[:, None]
     col = pal[0] + (pal[1] - pal[0]) * w1  # palette blobs at metre scale
     col = col + (pal[2] - col) * w2
     b = nz.sample(q, 7.0, 1)

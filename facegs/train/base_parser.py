@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 from facegs.core.hashing import derive_seed
 from facegs.parser.bisenet import BiSeNet
 from facegs.parser.checkpoint import save_parser
+from facegs.synth.generate import generate_subject
+from facegs.synth.rigs import custom
 from facegs.train.augment import AugmentConfig
 from facegs.train.data import ParsingDataset, collect_views
 from facegs.train.loop import TrainConfig, infinite_batches, seed_everything, train_loop
@@ -42,7 +44,6 @@ class BaseParserConfig:
 
 def frontal_rig(rng: np.random.Generator, cfg: BaseParserConfig) -> list:
     """Random near-frontal cameras for one training subject (rig angles; head pose adds a few deg)."""
-    from facegs.synth.rigs import custom
 
     margin = 3.0  # the subject's own head pose tilts views by a few degrees: stay inside the limits
     yaws = rng.uniform(-cfg.max_abs_yaw + margin, cfg.max_abs_yaw - margin, cfg.views)
@@ -54,7 +55,6 @@ def frontal_rig(rng: np.random.Generator, cfg: BaseParserConfig) -> list:
 
 def make_training_subjects(data_dir: Path, cfg: BaseParserConfig, progress: bool = True) -> list[Path]:
     """Generate (or reuse) ``cfg.subjects`` near-frontal training subjects in ``data_dir``."""
-    from facegs.synth.generate import generate_subject
 
     dirs = []
     for i in tqdm(range(cfg.subjects), desc="training subjects", disable=not progress, dynamic_ncols=True):

@@ -80,7 +80,7 @@ def parser_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor, cfg: Tr
 
 def train_step(model: nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                step: int, cfg: TrainConfig, device: torch.device | str = "cpu",
-               scaler: "torch.amp.GradScaler | None" = None) -> dict[str, float]:
+               scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """One optimisation step on ``batch`` (keys ``image`` [B,3,H,W], ``labels`` [B,H,W])."""
     lr = poly_lr(step, cfg)
     for g in optimizer.param_groups:

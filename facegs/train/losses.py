@@ -225,7 +225,7 @@ class ParserLossConfig:
     ignore_index: int = IGNORE_INDEX
 
     @classmethod
-    def from_any(cls, cfg: "ParserLossConfig | Mapping | None") -> "ParserLossConfig":
+    def from_any(cls, cfg: ParserLossConfig | Mapping | None) -> ParserLossConfig:
         """Accept a config, a mapping of its fields (unknown keys raise) or ``None`` (defaults)."""
         if cfg is None:
             return cls()

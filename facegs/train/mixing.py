@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""Mixing an original labelled set into fine-tuning: folders of labelled images, and an exact-ratio mix.
+
+In: a CelebAMask-HQ-style folder (``images/`` + ``labels/`` in a declared label set) or facegs
+subject directories. Out: :class:`MixedIterable`, which interleaves shard samples and labelled
+items at exactly ``ratio`` per epoch (deterministic per seed, epoch and rank).
+"""
 
 from __future__ import annotations
 

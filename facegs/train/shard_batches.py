@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import cv2
@@ -164,8 +165,6 @@ class ShardTrainTransform:
 
 
 def _with_out_size(cfg: AugmentConfig, size: int) -> AugmentConfig:
-    from dataclasses import replace
-
     return cfg if cfg.out_size == size else replace(cfg, out_size=size)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from facegs.parser.bisenet import BiSeNet
-from facegs.parser.checkpoint import ParserModel, load_parser, save_parser
+from facegs.parser.checkpoint import load_parser, save_parser
+from facegs.parser.model import ParserModel
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.round(np.linspace(0.0, 1.0, 11), 2))
 
@@ -78,30 +79,6 @@ def interpolate_parsers(base: ParserModel, ft: ParserModel, alpha: float) -> Par
                        device=ft.device)
 
 
-def overall_mean_f1(results: Any, name: str) -> float:
-    """Mean F1 (points) over all views of one evaluated checkpoint (NaN when undefined)."""
-    v = results[name].summary()["overall"]["mean_f1"]
-    return float("nan") if v is None else 100.0 * float(v)
-
-
-def choose_alpha(base: ParserModel, ft: ParserModel, val_items: Sequence[Any], *, max_drop: float = 1.0,
-                 alphas: Sequence[float] = DEFAULT_ALPHAS, flip_tta: bool = False,
-                 progress: bool = False) -> tuple[float, list[dict[str, float]]]:
-    """The largest ``alpha`` in ``alphas`` whose mean F1 on ``val_items`` (near-frontal labelled
-    views, :func:`facegs.evaluate.testsets.load_test_items`) is at least the base's minus ``max_drop``
-    points; ``0.0`` (the base) when none is. Returns ``(alpha, [{"alpha", "mean_f1"}, ...])``.
-    """
-    from facegs.evaluate.compare import evaluate_checkpoints
-
-    if max_drop < 0:
-        raise ValueError(f"max_drop must be >= 0 points, got {max_drop}")
-    grid = sorted({float(a) for a in alphas} | {0.0})
-    models = {f"a{int(round(a * 1000)):04d}": interpolate_parsers(base, ft, a) for a in grid}
-    res = evaluate_checkpoints(models, val_items, flip_tta=flip_tta, progress=progress, pitch_bins=None)
-    table = [{"alpha": a, "mean_f1": overall_mean_f1(res, n)} for a, n in zip(grid, models)]
-    floor = table[0]["mean_f1"] - max_drop
-    ok = [row["alpha"] for row in table if row["mean_f1"] >= floor]
-    return (max(ok) if ok else 0.0), table
 
 
 def _sha256(path: str | os.PathLike) -> str:
@@ -109,24 +86,16 @@ def _sha256(path: str | os.PathLike) -> str:
 
 
 def write_interpolated(base_path: str | os.PathLike, ft_path: str | os.PathLike, out: str | os.PathLike,
-                       alpha: float | None = None, *, val_items: Sequence[Any] | None = None, max_drop: float = 1.0,
-                       flip_tta: bool = False, progress: bool = False,
+                       alpha: float, *, base: ParserModel | None = None, ft: ParserModel | None = None,
                        extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Load both checkpoints once (``weights_only``), take ``alpha`` or choose it on ``val_items``
-    (:func:`choose_alpha`; exactly one of the two), interpolate and save a facegs checkpoint at
-    ``out`` (atomically). Its metadata ``extra.wise_ft`` records ``alpha``, both inputs' sha256, and
-    with ``val_items`` the number of views, ``max_drop`` and the alpha table; that dict is returned."""
-    if (alpha is None) == (val_items is None):
-        raise ValueError("give either alpha or validation views to choose it on")
-    base, ft = load_parser(base_path), load_parser(ft_path)
-    chosen: dict[str, Any] = {}
-    if val_items is not None:
-        alpha, table = choose_alpha(base, ft, val_items, max_drop=max_drop, flip_tta=flip_tta, progress=progress)
-        chosen = {"val_views": len(val_items), "max_drop": float(max_drop), "table": table}
-    assert alpha is not None
+    """Interpolate the two checkpoints (loaded ``weights_only``, unless already given as ``base`` /
+    ``ft``) at ``alpha`` and save a facegs checkpoint at ``out`` (atomically). Its metadata
+    ``extra.wise_ft`` records ``alpha``, both inputs' sha256 and ``extra``; that dict is returned."""
+    base = base if base is not None else load_parser(base_path)
+    ft = ft if ft is not None else load_parser(ft_path)
     pm = interpolate_parsers(base, ft, alpha)
     info = {"alpha": float(alpha), "base": str(base_path), "base_sha256": _sha256(base_path),
-            "finetuned": str(ft_path), "finetuned_sha256": _sha256(ft_path), **chosen, **dict(extra or {})}
+            "finetuned": str(ft_path), "finetuned_sha256": _sha256(ft_path), **dict(extra or {})}
     save_parser(out, pm.module, label_set=pm.label_set, input_size=pm.input_size, normalization=pm.normalization,
                 extra_meta={"wise_ft": info})
     return info

@@ -1,4 +1,17 @@
-"""TODO docstring."""
+"""The one RGB + label render of a Gaussian scene, and how label channels are blended and read.
+
+Label rendering modes (see :func:`label_probs`):
+
+- ``"logits"`` (Semantic-NeRF style): per-Gaussian logits are alpha-blended, a background logit
+  vector is composited with the remaining transmittance, then softmax.
+- ``"probs"`` (Panoptic Lifting style): per-Gaussian softmax, probabilities alpha-blended (each
+  pixel's sum is the alpha), then renormalised. With a background class the remaining
+  transmittance is given to that class, so the sum is exactly 1 (``alpha + T``).
+
+:func:`render_rgb_labels` renders RGB and label channels in one rasterize call; with
+``label_grad_to_geometry=False`` the label channels reach only the logits (see
+:mod:`facegs.fit.loop`).
+"""
 
 from __future__ import annotations
 
@@ -61,7 +74,7 @@ def render_rgb_labels(params: Params, viewmats: Tensor, Ks: Tensor, width: int, 
 
     Args: ``viewmats`` [B, 4, 4], ``Ks`` [B, 3, 3], ``bg_rgb`` [B, 3].
     Returns ``rgb`` [B, H, W, 3], ``labels`` [B, H, W, K] (blended logits or probabilities, see
-    :func:`facegs.splat.render.label_probs`; None without labels), ``alpha`` [B, H, W, 1] and the
+    :func:`facegs.splat.rgb_labels.label_probs`; None without labels), ``alpha`` [B, H, W, 1] and the
     rasterizer's ``meta`` (for the densification strategy). With ``label_grad_to_geometry=False``
     the label channels carry gradient to the logits only, in the same call (module docstring).
     """
