@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facegs.evaluate.parser import evaluate_parser  # noqa: E402
+from facegs.evaluate.report import save_evaluation  # noqa: E402
 from facegs.parser.checkpoint import load_parser  # noqa: E402
 from facegs.synth.generate import generate_dataset  # noqa: E402
 from facegs.train.augment import AugmentConfig  # noqa: E402
@@ -58,7 +59,7 @@ def main() -> int:
                                  skip_existing=True, rig="facescape", res=a.res)
     parser = load_parser(ckpt)
     ev = evaluate_parser(parser, collect_views(eval_dirs))
-    ev.save(out / "eval", name="base parser")
+    save_evaluation(ev, out / "eval", name="base parser")
     summary = ev.summary()
     result = {
         "command": "bench/base_parser.py " + " ".join(sys.argv[1:]),

@@ -1,19 +1,26 @@
-"""Label refinement benchmark: refined renders vs the base parser at novel views, against exact GT.
+"""Label refinement benchmark: what the factory ships, scored against exact labels, on held-out subjects.
 
-For held-out synthetic subjects (disjoint from the base parser's training subjects), each arm:
-1. labels every capture view (the base parser with flip TTA, or a seeded noise model on GT);
-2. fits the joint RGB + label Gaussian scene (``facegs.fit.loop``, CPU demo settings);
-3. estimates the head frame from the semantic Gaussians and renders a fixed yaw/pitch grid;
-4. scores the refined labels against the generator's exact labels rendered at the same cameras.
-Reference (a): the base parser run on the generator's ground-truth images of those same views.
-Ablations (base-parser labels): no confidence weighting, label gradients to the geometry switched (on/off against the default),
-blended probabilities instead of logits, and no post-processing (same fit, argmax only).
+For every rig x held-out subject x label arm, the factory's own subject pipeline runs with its
+defaults (``facegs.factory.subject.refine`` with ``FactoryConfig().refine(seed)``: fit preset
+``cpu_demo``, 32 novel views at 128 px, head frame by ``facegs.headframe.place``, default clean-up):
 
-    .venv/bin/python bench/label_refinement.py --rig facescape      # one rig per process
-    .venv/bin/python bench/label_refinement.py --report             # merge JSONs -> table + plot
+1. the capture views are labelled (``clean`` = exact labels, ``parser`` = the base parser with flip
+   TTA, ``pixel:0.5`` / ``lr_swap:0.4`` / ``pose:1`` = seeded noise models on the exact labels);
+2. the subject is refined; its ground-truth-free quality (``facegs.factory.quality``) is recorded;
+3. scored against the generator's exact labels rendered at the same cameras, two ways:
+   - **user renders**: the factory's novel views (cameras in the *estimated* head frame), binned by
+     their *true* pose: what a trainer gets;
+   - **grid**: a fixed yaw x pitch grid in the *true* head frame (identical for every arm);
+   each with ignore counted as wrong (the headline) and ignore excluded; per-class IoU; the ignore
+   fraction of the foreground; wrong-side left/right pixels;
+4. the head frame's error against the true frame, its reliability and source, and the error the
+   previous estimator (template fit on the most opaque Gaussians) would have made.
 
-Writes bench/out/label_refinement/{RIG}.json, and with --report summary.md, summary.json and
-f1_vs_yaw_{RIG}.png.
+    .venv/bin/python bench/label_refinement.py --rig facescape --threads 1   # one rig per process
+    .venv/bin/python bench/label_refinement.py --report                      # tables, plots, JSON
+
+Per-fit records are cached under ``bench/out/label_refinement/fits/`` (a rerun skips finished fits);
+``--report`` writes summary.md, summary.json and plots (F1 by |yaw| per rig, quality vs true mIoU).
 """
 
 from __future__ import annotations
@@ -22,7 +29,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,159 +37,290 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facegs.core.cameras import rotation_angle_deg, w2c_to_head_pose  # noqa: E402
+from facegs.core.labels import get_label_set  # noqa: E402
 from facegs.core.manifest import load_manifest  # noqa: E402
+from facegs.evaluate.confusion import ConfusionMatrix  # noqa: E402
 from facegs.evaluate.metrics import PoseBinnedEvaluator  # noqa: E402
 from facegs.evaluate.plots import plot_f1_vs_yaw  # noqa: E402
-from facegs.fit.config import FitConfig  # noqa: E402
-from facegs.fit.loop import fit_subject  # noqa: E402
-from facegs.headframe.scene import head_frame_from_scene  # noqa: E402
-from facegs.label.views import label_subject_with_noise, label_subject_with_parser
+from facegs.factory.config import FactoryConfig  # noqa: E402
+from facegs.factory.subject import refine  # noqa: E402
+from facegs.headframe.estimate import estimate_head_frame  # noqa: E402
+from facegs.label.views import initial_labels  # noqa: E402
 from facegs.parser.checkpoint import load_parser  # noqa: E402
-from facegs.parser.predict import predict_probs
 from facegs.render.cleanup import CleanupConfig  # noqa: E402
 from facegs.render.poses import cameras_for_poses, match_capture_intrinsics  # noqa: E402
 from facegs.render.views import render_novel_views  # noqa: E402
-from facegs.synth.generate import generate_dataset  # noqa: E402
+from facegs.splat.scene import activated  # noqa: E402
+from facegs.synth.generate import generate_subject  # noqa: E402
 from facegs.synth.params import HeadParams  # noqa: E402
 from facegs.synth.raytrace import render_views as synth_render  # noqa: E402
 
 OUT = Path("bench/out/label_refinement")
+RIGS = ("facescape", "nersemble", "frontal8")
+# held-out subjects: seeds used nowhere else (base parser, demo, tests and other benchmarks draw theirs
+# from hashed namespaces); 5006 long hair + glasses, 5010 glasses + cap, 5024 long hair + beanie
+SEEDS = (5006, 5010, 5024)
+ARMS = {"clean": "noise:pixel:0.0", "parser": "parser", "pixel 0.5": "noise:pixel:0.5",
+        "lr_swap 0.4": "noise:lr_swap:0.4", "pose 1": "noise:pose:1"}
 YAWS = np.arange(-90.0, 90.1, 15.0)
 PITCHES = np.array([-20.0, 0.0, 20.0])
+LS = get_label_set("celebamask19")
+PAIRS = [(LS.index(a), LS.index(b)) for a, b in LS.flip_pairs]
 
 
-def grid_poses() -> np.ndarray:
-    return np.array([(y, p, 0.0) for p in PITCHES for y in YAWS])
+def old_head_frame(params: dict[str, torch.Tensor], max_points: int = 40_000) -> np.ndarray | None:
+    """The estimator the factory used before: the template fit on the most opaque Gaussians."""
+    means, _, _, opac = activated(params)
+    order = torch.argsort(opac, descending=True)[:max_points]
+    try:
+        return estimate_head_frame(means[order].detach().double().numpy(),
+                                   torch.softmax(params["logits"][order].detach().float(), -1).numpy(),
+                                   weights=opac[order].detach().double().numpy()).world_from_head
+    except ValueError:
+        return None
 
 
-def arms(base_ckpt: str) -> list[tuple[str, str, dict]]:
-    """(arm name, labeller, FitConfig overrides)."""
-    return [
-        ("refined (base parser labels)", "parser", {}),
-        ("refined (50% pixel noise)", "pixel:0.5", {}),
-        ("refined (clean GT labels)", "pixel:0.0", {}),
-        ("refined (30% left/right swaps)", "lr_swap:0.3", {}),
-        ("refined (boundary noise 3 px)", "boundary:3", {}),
-        ("refined (pose-dependent noise)", "pose:1", {}),
-        ("ablation: no confidence weighting", "parser", {"confidence_weighting": False}),
-        ("ablation: label grads to geometry " + ("off" if FitConfig().label_grad_to_geometry else "on"), "parser",
-         {"label_grad_to_geometry": not FitConfig().label_grad_to_geometry}),
-        ("ablation: other label mode", "parser",
-         {"label_mode": "logits" if FitConfig().label_mode == "probs" else "probs"}),
-    ]
+class Scores:
+    """Confusion matrices (ignore as wrong / ignore excluded), pose-binned F1, ignore and L/R counts."""
+
+    def __init__(self) -> None:
+        self.wrong, self.excl = ConfusionMatrix(19), ConfusionMatrix(19)
+        self.hi_wrong = ConfusionMatrix(19)  # |yaw| >= 60
+        self.binned = PoseBinnedEvaluator("celebamask19")
+        self.ignored = self.fg = self.lr_wrong = self.lr_total = 0
+
+    def update(self, labels: np.ndarray, ignore: np.ndarray, gt: np.ndarray, yaw: float, pitch: float) -> None:
+        shown = np.where(ignore, 255, labels).astype(np.uint8)
+        self.wrong.update(shown, gt)
+        self.excl.update(labels, np.where(ignore, 255, gt))
+        if abs(yaw) >= 60:
+            self.hi_wrong.update(shown, gt)
+        self.binned.update(shown, gt, yaw=yaw, pitch=pitch)
+        fg = gt > 0
+        self.fg += int(fg.sum())
+        self.ignored += int((ignore & fg).sum())
+        for a, b in PAIRS:
+            sided = (gt == a) | (gt == b)
+            self.lr_total += int(sided.sum())
+            self.lr_wrong += int((((gt == a) & (labels == b)) | ((gt == b) & (labels == a))).sum())
+
+    def summary(self) -> dict:
+        return {"miou": self.wrong.miou(), "miou_ignore_excluded": self.excl.miou(), "miou_60_90": self.hi_wrong.miou(),
+                "iou_per_class": {LS.classes[k]: float(v) for k, v in enumerate(self.wrong.iou_per_class())
+                                  if np.isfinite(v)},
+                "gt_pixels": {LS.classes[k]: int(n) for k, n in enumerate(self.wrong.matrix.sum(1)) if n},
+                "ignore_fraction": self.ignored / max(self.fg, 1),
+                "lr_wrong_fraction": self.lr_wrong / max(self.lr_total, 1), "lr_sided_pixels": self.lr_total,
+                "pose_state": self.binned.state_dict()}
 
 
-def gt_views(manifest, cams, width, height) -> list[dict]:
-    params = HeadParams.from_dict(manifest.source["params"])
-    bg = manifest.source.get("background", "world")
-    return synth_render(params, [(K, w2c, width, height) for w2c, K in cams], manifest.world_from_head, bg)
+def score(views, cams, T: np.ndarray, gts: list[dict]) -> dict:
+    """Scores of rendered views against the truth at the same cameras, binned by the true pose."""
+    s = Scores()
+    for rv, (w2c, _), g in zip(views, cams, gts):
+        yaw, pitch, _ = w2c_to_head_pose(w2c, T)
+        s.update(rv.labels, rv.ignore, g["labels"], yaw, pitch)
+    return s.summary()
 
 
-def run(rig: str, a: argparse.Namespace) -> dict:
+def run_fit(rig: str, seed: int, arm: str, a: argparse.Namespace, parser) -> dict:
+    out = OUT / "fits" / f"{rig}_{seed}_{arm.replace(' ', '_')}.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    sdir = OUT / "subjects" / rig
+    sid = f"s{seed}"
+    if not (sdir / sid / "subject.json").is_file():
+        generate_subject(sdir, sid, seed, rig=rig, res=a.res)
+    m = load_manifest(sdir / sid)
+    T = m.world_from_head
+    params_h = HeadParams.from_dict(m.source["params"])
+    bg = m.source.get("background", "world")
+    spec = ARMS[arm]
+    fc = FactoryConfig(labels="noise:pixel:0.0" if spec == "parser" else spec, n_renders=a.renders)
+    cfg = fc.refine(seed)
+    t0 = time.perf_counter()
+    labels = initial_labels(m, "parser:x" if spec == "parser" else fc.labels, parser=parser, flip_tta=True, seed=seed)
+    r = refine(m, cfg, labels=labels)
+    t_fit = time.perf_counter() - t0
+    err = rotation_angle_deg(r.head_frame.world_from_head[:3, :3], T[:3, :3])
+    old = old_head_frame(r.params)
+    W, H = r.width, r.height
+    # (a) the renders a user gets: cameras in the estimated frame, truth at the same cameras
+    user_views = list(r.views())
+    gts = synth_render(params_h, [(K, w2c, W, H) for w2c, K in r.cameras], T, bg)
+    user = score(user_views, r.cameras, T, gts)
+    # (b) the fixed grid in the true frame
+    dist, focal, _, _ = match_capture_intrinsics(m, W, H, world_from_head=T)
+    grid_cams = cameras_for_poses(np.array([(y, p, 0.0) for p in PITCHES for y in YAWS]), T, dist, (W, H, focal))
+    grid_gts = synth_render(params_h, [(K, w2c, W, H) for w2c, K in grid_cams], T, bg)
+    grid_views = list(render_novel_views(r.params, grid_cams, W, H, r.head_frame.world_from_head, cfg.fit,
+                                         CleanupConfig(), progress=False))
+    grid = score(grid_views, grid_cams, T, grid_gts)
+    hd = r.head_frame.diagnostics
+    rec = {"rig": rig, "seed": seed, "arm": arm, "labels": spec, "fit_s": round(t_fit, 1),
+           "fit_eval": r.fit.summary.get("eval"), "n_gaussians": r.fit.summary.get("n_gaussians"),
+           "head_frame": {"error_deg": err, "source": r.head_frame_source, "reliability": hd.get("reliability"),
+                          "checks": hd.get("checks"), "reasons": hd.get("reasons"),
+                          "labels_only_error_deg": (rotation_angle_deg(np.array(hd["labels_frame"])[:3, :3], T[:3, :3])
+                                                    if "labels_frame" in hd else None),
+                          "previous_estimator_error_deg": None if old is None else rotation_angle_deg(old[:3, :3],
+                                                                                                      T[:3, :3])},
+           "quality": r.quality, "user": user, "grid": grid}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rec, indent=1, default=float))
+    return rec
+
+
+def run(rig: str, a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
-    out = OUT / rig
-    subjects = generate_dataset(out / "subjects", a.subjects, master_seed=a.seed, skip_existing=True, rig=rig,
-                                res=a.res)
-    parser = load_parser(a.parser)
-    evs: dict[str, PoseBinnedEvaluator] = {}
-    timings: dict[str, list[float]] = {}
-    fit_stats: dict[str, list[dict]] = {}
-
-    def ev(name: str) -> PoseBinnedEvaluator:
-        return evs.setdefault(name, PoseBinnedEvaluator("celebamask19"))
-
-    headframe_err: dict[str, list[float]] = {}
-    for sdir in subjects:
-        base = load_manifest(sdir)
-        # Evaluation views: a fixed yaw/pitch grid in the TRUE head frame, identical for every arm.
-        T = base.world_from_head
-        dist, focal, W, H = match_capture_intrinsics(base, a.res, a.res, world_from_head=T)
-        gt_cams = cameras_for_poses(grid_poses(), T, dist, (W, H, focal))
-        gt_cache = gt_views(base, gt_cams, W, H)
-        for k, g in enumerate(gt_cache):  # (a) the base parser on the GT images of those views
-            yaw, pitch, _ = w2c_to_head_pose(gt_cams[k][0], T)
-            pred = predict_probs(parser, g["rgb"][None], flip_tta=True).argmax(1)[0].numpy().astype(np.uint8)
-            ev("base parser on GT images").update(pred, g["labels"], yaw=yaw, pitch=pitch)
-        for arm, labeller, overrides in arms(a.parser):
-            if labeller == "parser":
-                m = label_subject_with_parser(sdir, parser, flip_tta=True, progress=False)
-            else:
-                m = label_subject_with_noise(sdir, labeller, seed=a.seed, progress=False)
-            fcfg = replace(FitConfig(), steps=a.steps, seed=a.seed, **overrides)
+    parser = load_parser(a.parser) if "parser" in a.arms else None
+    for seed in a.seeds:
+        for arm in a.arms:
             t0 = time.perf_counter()
-            fit = fit_subject(m, fcfg, progress=False)
-            timings.setdefault(arm, []).append(time.perf_counter() - t0)
-            fit_stats.setdefault(arm, []).append({k: fit.summary.get(k) for k in ("n_gaussians", "fit_s")}
-                                                 | {"eval": fit.summary.get("eval")})
-            try:  # the arm's own head frame: used by its label clean-up (left/right check), error reported
-                frame = head_frame_from_scene(fit.params).world_from_head
-                err = rotation_angle_deg(frame[:3, :3], T[:3, :3])
-            except ValueError:
-                frame, err = T, float("nan")
-            headframe_err.setdefault(arm, []).append(err)
-            # every arm renders the same evaluation cameras, so all arms are scored on identical views
-            for k, rv in enumerate(render_novel_views(fit.params, gt_cams, W, H, frame, fcfg, CleanupConfig(), progress=False)):
-                yaw, pitch, _ = w2c_to_head_pose(gt_cams[k][0], T)
-                ev(arm).update(rv.labels, gt_cache[k]["labels"], yaw=yaw, pitch=pitch)
-                if labeller == "parser" and not overrides:
-                    ev("ablation: no post-processing").update(rv.probs.argmax(0).astype(np.uint8),
-                                                              gt_cache[k]["labels"], yaw=yaw, pitch=pitch)
-            print(f"[{rig}] {sdir.name} {arm}: fit {timings[arm][-1]:.1f}s, "
-                  f"miou so far {ev(arm).summary()['overall']['miou']:.3f}", flush=True)
-    res = {"rig": rig, "subjects": [s.name for s in subjects], "steps": a.steps, "res": a.res,
-           "parser": a.parser, "timings_s": timings, "fit": fit_stats, "headframe_rot_err_deg": headframe_err,
-           "summaries": {k: v.summary() for k, v in evs.items()}}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{rig}.json").write_text(json.dumps(res, indent=1))
-    return res
+            rec = run_fit(rig, seed, arm, a, parser)
+            print(f"[{rig}] s{seed} {arm:12s} head frame {rec['head_frame']['error_deg']:5.1f} deg "
+                  f"({rec['head_frame']['source']}, rel {rec['head_frame']['reliability']}) "
+                  f"user mIoU {100 * rec['user']['miou']:5.1f} (60-90: {100 * rec['user']['miou_60_90']:5.1f}) "
+                  f"ignore {100 * rec['user']['ignore_fraction']:4.1f}% quality {rec['quality']['quality']:.3f} "
+                  f"[{time.perf_counter() - t0:.0f} s]", flush=True)
 
 
-def _bin(summary: dict, lo: float) -> dict:
-    return next(b for b in summary["yaw"] if b["lo"] == lo)
+# ----------------------------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------------------------
 
 
-def report() -> str:
-    lines = []
-    for path in sorted(OUT.glob("*.json")):
-        if path.name == "summary.json":
-            continue
-        r = json.loads(path.read_text())
-        S = r["summaries"]
-        lines += [f"### {r['rig']} rig ({len(r['subjects'])} held-out subjects, {r['res']} px, {r['steps']} fit steps)",
-                  "", "| arm | mIoU all | mIoU 0-30 | mIoU 30-60 | mIoU 60-75 | mIoU 75-90 | mean F1 >=60 | pixel acc |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for name, s in S.items():
-            b = {lo: _bin(s, lo) for lo in (0, 30, 60, 75)}
-            f1_hi = np.nanmean([x for x in (b[60]["mean_f1"], b[75]["mean_f1"]) if x is not None])
-            pct = lambda x: "–" if x is None else f"{100 * x:.1f}"  # noqa: E731
-            lines.append(f"| {name} | {pct(s['overall']['miou'])} | " + " | ".join(pct(b[lo]["miou"]) for lo in b)
-                         + f" | {pct(f1_hi)} | {pct(s['overall']['pixel_acc'])} |")
-        lines.append("")
-        plot_f1_vs_yaw({k: v for k, v in S.items() if not k.startswith("ablation")}, OUT / f"f1_vs_yaw_{r['rig']}.png",
-                       title=f"{r['rig']} rig: mean F1 by |yaw|")
+def _spearman(x: list[float], y: list[float]) -> float:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1]) if len(x) > 2 else float("nan")
+
+
+def report(a: argparse.Namespace) -> str:
+    recs = [json.loads(p.read_text()) for p in sorted((OUT / "fits").glob("*.json"))]
+    if not recs:
+        return "no fits yet"
+    pct = lambda x: "-" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"  # noqa: E731
+    lines = [f"{len(recs)} fits (rigs x held-out subjects x label arms); fit preset cpu_demo, 32 renders at 128 px; "
+             "mIoU with ignore counted as wrong unless said otherwise.", ""]
+    by = {}
+    for r in recs:
+        by.setdefault((r["rig"], r["arm"]), []).append(r)
+    lines += ["| rig | arm | fits | user mIoU | user 60-90 | vs clean | grid 60-90 | 60-90 ignore excl. | ignore % | "
+              "L/R wrong % | head frame err (max) | previous estimator (max) | quality |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    table = {}
+    for rig in RIGS:
+        clean = by.get((rig, "clean"))
+        for arm in ARMS:
+            rs = by.get((rig, arm))
+            if not rs:
+                continue
+            f = lambda k, s="user", rs=rs: float(np.mean([r[s][k] for r in rs]))  # noqa: E731
+            hi = f("miou_60_90")
+            ratio = hi / float(np.mean([r["user"]["miou_60_90"] for r in clean])) if clean else float("nan")
+            hf = [r["head_frame"]["error_deg"] for r in rs]
+            old = [r["head_frame"]["previous_estimator_error_deg"] for r in rs
+                   if r["head_frame"]["previous_estimator_error_deg"] is not None]
+            table[f"{rig}/{arm}"] = {"user_miou": f("miou"), "user_60_90": hi, "ratio_vs_clean": ratio,
+                                     "grid_60_90": f("miou_60_90", "grid"), "ignore": f("ignore_fraction"),
+                                     "lr_wrong": f("lr_wrong_fraction"), "head_frame_mean": float(np.mean(hf)),
+                                     "head_frame_max": float(np.max(hf)),
+                                     "previous_max": float(np.max(old)) if old else None,
+                                     "quality": float(np.mean([r["quality"]["quality"] for r in rs]))}
+            t = table[f"{rig}/{arm}"]
+            hi_excl = float(np.mean([r["user"]["miou_ignore_excluded"] for r in rs]))
+            lines.append(f"| {rig} | {arm} | {len(rs)} | {pct(t['user_miou'])} | {pct(hi)} | "
+                         f"{'-' if not np.isfinite(ratio) else f'{ratio:.2f}'} | {pct(t['grid_60_90'])} | "
+                         f"{pct(hi_excl)} | {pct(t['ignore'])} | {pct(t['lr_wrong'])} | "
+                         f"{t['head_frame_mean']:.1f} ({t['head_frame_max']:.1f}) | "
+                         f"{'-' if not old else f'{np.mean(old):.1f} ({np.max(old):.1f})'} | {t['quality']:.3f} |")
+    # per-class IoU with clean labels, classes with >= 500 truth pixels over a subject's renders
+    lines += ["", "Per-class IoU of the user renders with clean labels (classes with >= 500 truth pixels over the "
+              "subject's renders; mean over subjects):", ""]
+    classes = [c for c in LS.classes if c != "background"]
+    lines += ["| rig | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    per_class = {}
+    for rig in RIGS:
+        rs = by.get((rig, "clean"), [])
+        cells = []
+        for c in classes:
+            vals = [r["user"]["iou_per_class"].get(c) for r in rs if r["user"]["gt_pixels"].get(c, 0) >= 500]
+            vals = [v for v in vals if v is not None]
+            per_class[f"{rig}/{c}"] = float(np.mean(vals)) if vals else None
+            cells.append(pct(per_class[f"{rig}/{c}"]))
+        if rs:
+            lines.append(f"| {rig} | " + " | ".join(cells) + " |")
+    # quality without ground truth vs the truth
+    q = [r["quality"]["quality"] for r in recs]
+    true = [r["user"]["miou"] for r in recs]
+    rho = _spearman(q, true)
+    flagged_ok = [r for r in recs if r["head_frame"]["error_deg"] > 10]
+    silent = [r for r in flagged_ok if (r["head_frame"]["reliability"] or 0) >= 0.5 and
+              r["head_frame"]["source"].startswith("labels")]
+    lines += ["", f"Quality score vs true user-render mIoU over all {len(recs)} fits: Spearman rank correlation "
+              f"{rho:.2f}. Fits with a final head-frame error > 10 deg: {len(flagged_ok)}; of those accepted as "
+              f"reliable (silent failures): {len(silent)}."]
+    summary = {"table": table, "per_class_clean": per_class, "spearman_quality_vs_true_miou": rho,
+               "head_frame_over_10deg": [f"{r['rig']}/s{r['seed']}/{r['arm']}" for r in flagged_ok],
+               "silent_failures": [f"{r['rig']}/s{r['seed']}/{r['arm']}" for r in silent],
+               "fits": [{k: r[k] for k in ("rig", "seed", "arm", "fit_s")} | {
+                   "quality": r["quality"]["quality"], "true_miou": r["user"]["miou"],
+                   "head_frame_error_deg": r["head_frame"]["error_deg"]} for r in recs]}
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    for rig in RIGS:
+        arms = {arm: by[(rig, arm)] for arm in ARMS if (rig, arm) in by}
+        if arms:
+            merged = {}
+            for arm, rs in arms.items():
+                ev = PoseBinnedEvaluator.from_state_dict(rs[0]["user"]["pose_state"])
+                for r in rs[1:]:
+                    ev.merge(PoseBinnedEvaluator.from_state_dict(r["user"]["pose_state"]))
+                merged[arm] = ev.summary()
+            plot_f1_vs_yaw(merged, OUT / f"f1_vs_yaw_{rig}.png", title=f"{rig} rig: refined labels by |yaw|")
+    _scatter(q, true, [r["arm"] for r in recs], OUT / "quality_vs_true.png", rho)
     text = "\n".join(lines)
-    (OUT / "summary.md").write_text(text)
+    (OUT / "summary.md").write_text(text + "\n")
     return text
+
+
+def _scatter(q: list[float], true: list[float], arms: list[str], path: Path, rho: float) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for arm in ARMS:
+        pts = [(a_, b_) for a_, b_, c in zip(q, true, arms) if c == arm]
+        if pts:
+            ax.scatter(*zip(*pts), label=arm, s=24)
+    ax.set_xlabel("quality score (no ground truth)")
+    ax.set_ylabel("true mIoU of the renders (ignore = wrong)")
+    ax.set_title(f"quality vs truth (Spearman {rho:.2f})")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def main() -> int:
     global OUT
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rig", choices=["facescape", "nersemble"])
+    p.add_argument("--rig", choices=RIGS)
     p.add_argument("--report", action="store_true")
-    p.add_argument("--subjects", type=int, default=2)
-    p.add_argument("--seed", type=int, default=2000, help="master seed of the held-out subjects")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--res", type=int, default=128)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--renders", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--parser", default="bench/out/base_parser_2400/base.pt")
-    p.add_argument("--out", default="bench/out/label_refinement")
+    p.add_argument("--parser", default="bench/out/base_parser_v2/base.pt")
+    p.add_argument("--out", default=str(OUT))
     a = p.parse_args()
     OUT = Path(a.out)
     if a.rig:
         run(a.rig, a)
     if a.report:
-        print(report())
+        print(report(a))
     return 0
 
 

@@ -77,7 +77,8 @@ def test_speckles_are_removed_and_take_the_surrounding_class():
     P = probs_from(noisy)
     # the second most probable class under the speckles is skin
     P[I["skin"], 30:32, 60:62] = P[I["skin"], 80:82, 40:42] = 0.15
-    r = clean_labels(P, alpha_from(lab))
+    # the mechanism at the former defaults (8 px speckles, relabelled pixels ignored)
+    r = clean_labels(P, alpha_from(lab), CleanupConfig(min_component_px=8, ignore_changed=True))
     assert np.array_equal(r.labels, lab)
     assert r.report["components_removed"] == {"hair": 1, "l_eye": 1, "cloth": 1}
     assert r.report["component_px"] == 9
@@ -207,6 +208,33 @@ def test_removed_speckle_on_a_boundary_takes_the_more_probable_neighbour():
     for second in ("hair", "skin"):
         P = probs_from(noisy)
         P[I[second], 40:42, 63:65] = 0.15
-        r = clean_labels(P, np.ones((H, W), np.float32))
+        r = clean_labels(P, np.ones((H, W), np.float32), CleanupConfig(min_component_px=8))
         assert (r.labels[40:42, 63:65] == I[second]).all()
         assert r.report["components_removed"] == {"hat": 1}
+
+
+def test_defaults_keep_small_parts_and_label_rather_than_ignore():
+    """At 128 px an eye is a few pixels: the defaults keep a 2x2 eye, remove single-pixel speckle,
+    label the relabelled speckle (not ignored) and ignore only really uncertain pixels (q < 0.3)."""
+    lab = face_labels()
+    small = lab.copy()
+    small[:] = np.where(np.isin(lab, [I["l_eye"], I["r_eye"]]), I["skin"], lab)
+    small[50:52, 40:42] = I["r_eye"]  # a 2x2 right eye
+    small[50:52, 86:88] = I["l_eye"]
+    noisy = small.copy()
+    noisy[100, 80] = I["cloth"]  # a single-pixel speckle in the skin
+    P = probs_from(noisy)
+    P[I["cloth"], 100, 80], P[I["skin"], 100, 80] = 0.45, 0.4  # the runner-up under the speckle: above conf_threshold
+    r = clean_labels(P, alpha_from(lab))
+    assert (r.labels[50:52, 40:42] == I["r_eye"]).all() and (r.labels[50:52, 86:88] == I["l_eye"]).all()
+    assert r.labels[100, 80] == I["skin"] and not r.ignore[100, 80]
+    unsure = probs_from(small)
+    unsure[:, 60, 60] = 0.0
+    unsure[I["skin"], 60, 60], unsure[I["nose"], 60, 60], unsure[I["hair"], 60, 60] = 0.4, 0.35, 0.25
+    unsure[:, 61, 61] = 0.0
+    unsure[I["skin"], 61, 61], unsure[I["nose"], 61, 61], unsure[I["hair"], 61, 61] = 0.28, 0.24, 0.48
+    r2 = clean_labels(unsure, alpha_from(lab))
+    assert not r2.ignore[60, 60]  # 0.4 for the label: labelled
+    assert r2.labels[61, 61] == I["hair"] or r2.ignore[61, 61]
+    r3 = clean_labels(unsure, alpha_from(lab), CleanupConfig(ignore_margin=0.1))
+    assert r3.ignore[60, 60]  # leads the runner-up by 0.05 < 0.1

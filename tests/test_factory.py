@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from s3_server import S3Env, s3_fs, s3_server  # noqa: F401  (pytest fixtures)
 
@@ -182,6 +183,45 @@ def test_process_subject_leaves_the_capture_untouched(subjects, small_ds):
     marker = json.loads((small_ds / "subjects" / "g0.json").read_text())
     assert marker["num_samples"] == 4 and [s["shard"] for s in marker["shards"]] == ["shards/g0-000000.tar",
                                                                                        "shards/g0-000001.tar"]
+
+
+def test_done_marker_holds_quality_and_head_frame(small_ds):
+    """Each subject's marker says how far it can be trusted, with no ground truth involved."""
+    marker = json.loads((small_ds / "subjects" / "g0.json").read_text())
+    q = marker["quality"]
+    assert {"quality", "input_miou", "input_iou", "consensus_confidence", "head_frame_reliability",
+            "ignore_fraction", "psnr"} <= set(q)
+    assert 0.0 <= q["quality"] <= 1.0 and q["input_iou"]["skin"] > 0.5
+    hf = marker["head_frame"]
+    assert hf["source"] in ("labels+symmetry", "labels", "cameras+symmetry", "cameras")
+    assert 0.0 <= hf["reliability"] <= 1.0 and isinstance(hf["checks"], dict)
+    assert np.asarray(hf["world_from_head"]).shape == (4, 4)
+    assert marker["fit_metrics"]["quality"] == q["quality"]
+
+
+def test_quality_score_combines_its_terms():
+    from facegs.factory.quality import combine
+
+    good = {"input_miou": 0.8, "consensus_confidence": 0.9, "psnr": 32.0, "head_frame_reliability": 1.0,
+            "ignore_fraction": 0.02}
+    assert combine(good) == pytest.approx(0.98 * (0.8 + 0.9 + 1.0) / 3, abs=1e-4)
+    assert combine({**good, "head_frame_reliability": 0.0}) == 0.0  # an unreliable frame sinks the subject
+    assert combine({**good, "ignore_fraction": 0.5}) < combine(good)
+    assert combine({**good, "psnr": 15.0}) < combine({**good, "psnr": 25.0}) < combine(good)
+    assert combine({**good, "psnr": None}) == pytest.approx(0.98 * 0.85, abs=1e-4)  # missing terms left out
+    assert combine({}) == 0.0
+
+
+def test_min_quality_gate_fails_the_subject_and_writes_nothing(subjects, tmp_path):
+    import dataclasses
+
+    from facegs.core.errors import FitError
+
+    cfg = dataclasses.replace(CFG, min_quality=1.01)
+    out = tmp_path / "gated"
+    with pytest.raises(FitError, match=r"quality 0\.\d+ is below --min-quality 1\.01 \(input_miou"):
+        process_subject(str(subjects / "g0"), str(out), cfg, chash=config_hash(cfg))
+    assert not list(out.rglob("*.tar")) and not (out / "subjects" / "g0.json").exists()
 
 
 def test_renders_carry_their_alpha(small_ds):

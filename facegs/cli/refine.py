@@ -15,6 +15,7 @@ import torch
 from facegs.core.options import add_options, from_namespace
 from facegs.factory.subject import RefineConfig, refine_subject
 from facegs.fit.config import PRESETS, FitConfig, fit_config
+from facegs.headframe.place import PlacementConfig
 from facegs.render.views import NovelViewConfig
 
 FIT_FIELDS = ("steps", "downscale", "label_mode", "confidence_weighting", "label_grad_to_geometry",
@@ -36,15 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("subject", help="subject directory (with subject.json)")
     p.add_argument("--out", required=True, help="output directory (created atomically)")
     g = p.add_argument_group("fit")
-    g.add_argument("--preset", default="default", choices=sorted(PRESETS),
-                   help="fit preset; the options below override it (default: FitConfig's field defaults)")
+    g.add_argument("--preset", default="cpu_demo", choices=sorted(PRESETS),
+                   help="fit preset (the factory's default too); the options below override it (default: cpu_demo)")
     add_options(g, FitConfig, fields=FIT_FIELDS, prefix="fit.", suppress_defaults=True)
     g = p.add_argument_group("novel views and clean-up")
     add_options(g, NovelViewConfig, prefix="views.")
     add_options(g, RefineConfig, fields=("cleanup", "seed"), prefix="refine.")
-    g.add_argument("--no-camera-head-frame", action="store_true",
-                   help="fail when the fitted scene shows too few face parts for the head frame, instead of "
-                        "falling back to the camera rig's frame")
+    add_options(g, PlacementConfig, fields=("policy",), prefix="head_frame.")
     r = p.add_argument_group("run")
     r.add_argument("--backend", default="auto", choices=["auto", "torch", "gsplat"], help="rasterizer")
     r.add_argument("--device", default="auto", help="torch device (default: cuda when available, else cpu)")
@@ -57,13 +56,14 @@ def config_from_args(a: argparse.Namespace) -> RefineConfig:
     ref = from_namespace(RefineConfig, a, prefix="refine.", build=False)
     fit = fit_config(a.preset, **{**from_namespace(FitConfig, a, prefix="fit.", build=False), "seed": ref["seed"]})
     views = from_namespace(NovelViewConfig, a, prefix="views.")
-    return RefineConfig(**dataclasses.asdict(views), fit=fit, **ref)
+    return RefineConfig(**dataclasses.asdict(views), fit=fit, **ref,
+                        head_frame=from_namespace(PlacementConfig, a, prefix="head_frame."))
 
 
 def run(a: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     s = refine_subject(a.subject, a.out, config_from_args(a), device=device, backend=a.backend,
-                       overwrite=a.overwrite, camera_head_frame_fallback=not a.no_camera_head_frame)
+                       overwrite=a.overwrite)
     ev = s["fit"].get("eval", {})
     print(f"refined {s['subject_id']}: {s['n_renders']} views in {a.out} (head frame from the "
           f"{s['head_frame']['source']}; fit {s['seconds_fit']:.1f} s, total {s['seconds_total']:.1f} s; "

@@ -17,6 +17,7 @@ from facegs.core.labels import CANONICAL, get_label_set
 from facegs.core.options import opt
 from facegs.factory.subject import RefineConfig
 from facegs.fit.config import PRESETS, FitConfig, fit_config
+from facegs.headframe.place import PlacementConfig
 from facegs.label.noise import parse_noise_spec
 from facegs.render.views import NovelViewConfig
 
@@ -51,9 +52,10 @@ class FactoryConfig(NovelViewConfig):
         "backgrounds exactly (fine-tuning falls back to the background labels)", flag="--no-alpha"))
     min_views: int = field(default=4, metadata=opt("subjects with fewer views fail"))
     seed: int = field(default=0, metadata=opt("global seed (per-subject seeds derive from it)"))
-    camera_head_frame_fallback: bool = field(default=True, metadata=opt(
-        "fail a subject whose fitted scene shows too few face parts for the head frame, instead of falling back "
-        "to the camera rig's frame (recorded as fit_metrics.head_frame_source)", flag="--no-camera-head-frame"))
+    min_quality: float = field(default=0.0, metadata=opt(
+        "subjects whose ground-truth-free quality score (facegs.factory.quality, in [0, 1]) is below this fail "
+        "with the reason instead of being shipped (0 = keep every subject; the score is in every done marker)"))
+    head_frame_policy: str = field(default="fallback", metadata=PlacementConfig.__dataclass_fields__["policy"].metadata)
 
     def __post_init__(self) -> None:
         kind = self.labels.split(":", 1)[0]
@@ -82,7 +84,8 @@ class FactoryConfig(NovelViewConfig):
 
     def refine(self, subject_seed: int) -> RefineConfig:
         views = {f.name: getattr(self, f.name) for f in fields(NovelViewConfig)}
-        return RefineConfig(**views, fit=self.fit(subject_seed), seed=subject_seed % (2**31))
+        return RefineConfig(**views, fit=self.fit(subject_seed), seed=subject_seed % (2**31),
+                            head_frame=PlacementConfig(policy=self.head_frame_policy))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import facegs
+from facegs.core.errors import FitError
 from facegs.core.hashing import canonical_json
 from facegs.core.storage import put_bytes_atomic
 from facegs.factory.config import FactoryConfig, subject_seed
@@ -114,10 +115,16 @@ def process_subject(
         lap("stage")
         labels = initial_labels(m, cfg.labels, parser=parser, flip_tta=cfg.flip_tta, seed=seed, progress=progress)
         lap("label")
-        refined = refine(m, cfg.refine(seed), labels=labels, device=device, backend=backend, progress=progress,
-                         camera_head_frame_fallback=cfg.camera_head_frame_fallback)
+        refined = refine(m, cfg.refine(seed), labels=labels, device=device, backend=backend, progress=progress)
         lap("fit")
         metrics = refined.metrics
+        q = refined.quality
+        if q["quality"] < cfg.min_quality:
+            terms = ", ".join(f"{k} {q[k]}" for k in ("input_miou", "consensus_confidence", "head_frame_reliability",
+                                                       "ignore_fraction", "psnr"))
+            reasons = "; ".join(refined.head_frame.diagnostics.get("reasons", [])[:3])
+            raise FitError(f"quality {q['quality']:.3f} is below --min-quality {cfg.min_quality:g} ({terms}"
+                           + (f"; head frame: {reasons}" if reasons else "") + ")", subject=sid)
         samples = refined.samples(chash, cfg.rgb_format, cfg.store_alpha)
         if crash is not None and crash.subject_id == sid and crash.attempt == attempt:
             samples = _crash_after(samples, crash)
@@ -126,8 +133,13 @@ def process_subject(
         records = commit_subject(samples, root, sid, maxcount=cfg.maxcount, rgb_format=cfg.rgb_format,
                                  jpeg_quality=cfg.jpeg_quality)
         shards = [{"shard": r.shard, "sha256": r.sha256, "num_samples": r.num_samples} for r in records]
+        hd = refined.head_frame.diagnostics
         marker = {"subject_id": sid, "url": url, "config_hash": chash, "shards": shards,
                   "num_samples": sum(r.num_samples for r in records), "fit_metrics": metrics,
+                  "quality": q, "head_frame": {"source": refined.head_frame_source,
+                                               "world_from_head": refined.head_frame.world_from_head,
+                                               "reliability": hd.get("reliability"), "checks": hd.get("checks"),
+                                               "reasons": hd.get("reasons")},
                   "facegs_version": facegs.__version__}
         put_bytes_atomic(root.fs, root.join(SUBJECTS_DIR, f"{sid}.json"), canonical_json(marker))
         with contextlib.suppress(FileNotFoundError):

@@ -6,7 +6,7 @@ and ``facegs refine`` (:func:`refine_subject`, a subject directory of novel view
 - in: a validated :class:`facegs.core.manifest.SubjectManifest` and its initial labels (in memory,
   :func:`facegs.label.views.initial_labels`, or the subject's own label files);
 - :func:`refine`: fit (:mod:`facegs.fit`) -> head frame from the fitted scene, or the rig prior
-  (:func:`facegs.headframe.scene.place_head_frame`) -> cameras at sampled head poses
+  (:func:`facegs.headframe.place.place_head_frame`, checked, with a reliability) -> cameras at sampled head poses
   (:mod:`facegs.render.views`); returns a :class:`RefinedSubject`;
 - out: :meth:`RefinedSubject.views` (rendered, cleaned :class:`facegs.render.views.RenderedView`)
   and :meth:`RefinedSubject.samples` (the same as shard :class:`facegs.shards.encode.Sample` objects,
@@ -48,10 +48,12 @@ from facegs.core.labels import CANONICAL
 from facegs.core.manifest import SubjectManifest, View, save_manifest
 from facegs.core.options import opt
 from facegs.core.storage import atomic_directory
+from facegs.factory.quality import PROBE_VIEWS, combine, ignore_fraction, input_agreement
 from facegs.fit.config import FitConfig
 from facegs.fit.loop import FitResult, fit_subject
 from facegs.headframe.frame import HeadFrame
-from facegs.headframe.scene import place_head_frame
+from facegs.headframe.place import PlacementConfig, capture_views, place_head_frame
+from facegs.headframe.visible import render_capture_views
 from facegs.ingest.validate import load_subject
 from facegs.label.views import ViewLabels
 from facegs.render.cleanup import CleanupConfig
@@ -70,7 +72,7 @@ class RefineConfig(NovelViewConfig):
     cleanup: bool = field(default=True, metadata=opt("clean the rendered labels (off: plain argmax, an ablation)"))
     cleanup_cfg: CleanupConfig = field(default_factory=CleanupConfig)
     seed: int = field(default=0, metadata=opt("seed of the fit and of the pose sampling"))
-    max_headframe_points: int = 40_000
+    head_frame: PlacementConfig = field(default_factory=PlacementConfig)
 
 
 def fit_metrics(summary: Mapping[str, Any]) -> dict[str, float | str | None]:
@@ -90,22 +92,29 @@ class RefinedSubject:
     fit: FitResult
     params: dict[str, torch.Tensor]  # on the fit device
     head_frame: HeadFrame
-    head_frame_source: str  # "scene" | "cameras"
+    head_frame_source: str  # "labels+symmetry" | "labels" | "cameras+symmetry" | "cameras"
     cameras: Cameras
     width: int
     height: int
     backend: str = "auto"
+    quality: dict[str, Any] = field(default_factory=dict)  # facegs.factory.quality terms + "quality"
+    probe: list[RenderedView] = field(default_factory=list)  # the first novel views, rendered for the quality
 
     @property
     def metrics(self) -> dict[str, Any]:
-        """What every sample and the done marker record about the fit (deterministic)."""
-        return {**fit_metrics(self.fit.summary), "head_frame_source": self.head_frame_source}
+        """What every sample and the done marker record about the fit (deterministic scalars)."""
+        q = {k: v for k, v in self.quality.items() if not isinstance(v, dict)}
+        return {**fit_metrics(self.fit.summary), "head_frame_source": self.head_frame_source, **q}
 
     def views(self, progress: bool = False) -> Iterator[RenderedView]:
-        """The rendered, cleaned novel views, in camera order."""
+        """The rendered, cleaned novel views, in camera order (the probe views are not rendered twice)."""
+        yield from self.probe
         cleanup = self.cfg.cleanup_cfg if self.cfg.cleanup else None
-        return render_novel_views(self.params, self.cameras, self.width, self.height,
+        rest = render_novel_views(self.params, self.cameras[len(self.probe):], self.width, self.height,
                                   self.head_frame.world_from_head, self.cfg.fit, cleanup, self.backend, progress)
+        for k, rv in enumerate(rest, start=len(self.probe)):
+            rv.view_id = f"render_{k:03d}"
+            yield rv
 
     def samples(self, config_hash: str, rgb_format: str = "jpg", store_alpha: bool = True) -> Iterator[Sample]:
         """The novel views as shard samples (``source`` "render"), in view order."""
@@ -122,31 +131,39 @@ class RefinedSubject:
 
 def refine(m: SubjectManifest, cfg: RefineConfig, *, labels: Mapping[str, ViewLabels] | None = None,
            device: str | torch.device = "cpu", backend: str = "auto", progress: bool = False,
-           camera_head_frame_fallback: bool = True, poses: np.ndarray | None = None) -> RefinedSubject:
+           poses: np.ndarray | None = None) -> RefinedSubject:
     """Fit the subject (``labels``: in-memory initial labels; None: the manifest's label files),
     place its head frame and its novel cameras (sampled with ``cfg.seed``, or the given ``poses``
     [P, 3] yaw/pitch/roll). Raises :class:`facegs.core.errors.FitError` when no head frame can be
-    placed (with ``camera_head_frame_fallback`` only when the rig prior fails too)."""
+    placed (``cfg.head_frame.policy``: "fallback" fails only when the label-free estimate fails too)."""
     fit = fit_subject(m, cfg.fit, device=device, backend=backend, progress=progress, labels=labels)
     params = {k: v.to(device) for k, v in fit.params.items()}
-    hf, source = place_head_frame(params, np.stack([v.world_to_camera for v in m.views]),
-                                  max_points=cfg.max_headframe_points, camera_fallback=camera_head_frame_fallback,
-                                  subject=m.subject_id)
+    views = capture_views(m)
+    renders = render_capture_views(params, views, max_side=cfg.head_frame.max_side, backend=backend)
+    hf, source = place_head_frame(params, views, cfg.head_frame, subject=m.subject_id, backend=backend,
+                                  renders=renders)
     cams, width, height = novel_cameras(m, hf.world_from_head, cfg, cfg.seed, poses)
-    return RefinedSubject(m, cfg, fit, params, hf, source, cams, width, height, backend)
+    r = RefinedSubject(m, cfg, fit, params, hf, source, cams, width, height, backend)
+    cleanup = cfg.cleanup_cfg if cfg.cleanup else None
+    r.probe = list(render_novel_views(params, cams[:PROBE_VIEWS], width, height, hf.world_from_head, cfg.fit, cleanup,
+                                      backend, progress=False))
+    psnr = (fit.summary.get("eval") or {}).get("psnr")
+    r.quality = {**input_agreement(m, renders, labels), "ignore_fraction": ignore_fraction(r.probe),
+                 "head_frame_reliability": hf.diagnostics.get("reliability"),
+                 "psnr": None if psnr is None else round(float(psnr), 4)}
+    r.quality["quality"] = combine(r.quality)
+    return r
 
 
 def refine_subject(subject_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: RefineConfig | None = None,
                    *, device: str = "cpu", backend: str = "auto", progress: bool = True, overwrite: bool = False,
-                   poses: np.ndarray | None = None, min_views: int = 4,
-                   camera_head_frame_fallback: bool = True) -> dict[str, Any]:
+                   poses: np.ndarray | None = None, min_views: int = 4) -> dict[str, Any]:
     """``facegs refine``: :func:`refine` the subject's own labels and write the novel views to
     ``out_dir`` (see the module docstring). Returns the summary written to ``refine.json``."""
     cfg = cfg or RefineConfig()
     t0 = time.perf_counter()
     m = load_subject(subject_dir, min_views=min_views)
-    r = refine(m, cfg, device=device, backend=backend, progress=progress,
-               camera_head_frame_fallback=camera_head_frame_fallback, poses=poses)
+    r = refine(m, cfg, device=device, backend=backend, progress=progress, poses=poses)
     t_fit = time.perf_counter() - t0
     views: list[View] = []
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
@@ -172,6 +189,7 @@ def refine_subject(subject_dir: str | os.PathLike, out_dir: str | os.PathLike, c
             "fit": to_builtin(r.fit.summary),
             "head_frame": {"world_from_head": T.tolist(), "source": r.head_frame_source,
                            "diagnostics": to_builtin(r.head_frame.diagnostics)},
+            "quality": to_builtin(r.quality),
             "n_renders": len(views),
             "seconds_fit": round(t_fit, 2),
             "seconds_total": round(time.perf_counter() - t0, 2),

@@ -68,7 +68,9 @@ from facegs.fit.data import ViewData, load_view_data, scene_scale
 from facegs.fit.densify import CappedDefaultStrategy, make_strategy, maybe_reset_opacity
 from facegs.fit.evaluate import evaluate
 from facegs.fit.init import init_scene
+from facegs.fit.inpaint import inpaint_labels, label_support, support_half
 from facegs.fit.losses import (
+    class_balance_weights,
     consensus_inlier_weight,
     label_accuracy,
     label_nll,
@@ -142,6 +144,7 @@ class FitState:
     order: list[int]
     inlier_prior: Tensor
     scene_scale: float
+    class_weights: Tensor | None = None  # [256] label-loss weight per class value (class_balance_weights)
 
 
 def new_fit_state(n_views: int, cfg: FitConfig, scene_scale_: float) -> FitState:
@@ -168,6 +171,8 @@ def label_pixel_weights(data: ViewData, idx: Tensor, labels: Tensor, probs: Tens
     w = valid.float() * data.weights[idx].view(-1, 1, 1)
     if cfg.confidence_weighting and data.confidence is not None:
         w = w * data.confidence[idx]
+    if fs.class_weights is not None:
+        w = w * fs.class_weights[labels]
     r = None
     if cfg.consensus_outliers and fs.step >= cfg.consensus_start:
         pi = fs.inlier_prior[idx.cpu()].to(probs.device)
@@ -293,14 +298,27 @@ def fit_views(data: ViewData, cfg: FitConfig | None = None, *, manifest: Subject
     if strategy is not None:
         strategy.check_sanity(params, optimizers)
     fs = new_fit_state(len(data), cfg, sc)
+    if data.labels is not None and cfg.label_class_balance > 0:
+        fs.class_weights = class_balance_weights(data.labels, params["logits"].shape[-1], cfg.label_class_balance,
+                                                 cfg.label_class_weight_max)
     with deterministic_algorithms(cfg.deterministic):
         metrics = _run_steps(params, optimizers, strategy, sstate, data, cfg, fs, backend, progress)
     t_fit = time.perf_counter() - t0 - t_init
+    inpaint: dict[str, float | int] | None = None
+    if data.labels is not None and cfg.label_inpaint_px > 0:
+        t2 = time.perf_counter()
+        sup = label_support(params, data, backend)
+        s_half = support_half(sup.disagreement, cfg.label_inpaint_px)
+        params, changed = inpaint_labels(params, sup.support, s_half)
+        inpaint = {"disagreement": round(sup.disagreement, 6), "support_half_px": round(s_half, 4),
+                   "relabelled": changed, "seconds": time.perf_counter() - t2}
     summary = {"n_views": len(data), "width": data.width, "height": data.height, "init_source": src,
                "scene_scale": sc, "steps": cfg.steps, "n_gaussians": num_gaussians(params),
                "init_s": t_init, "fit_s": t_fit, "s_per_step": t_fit / max(cfg.steps, 1),
                "n_resets": sum("reset_opacity" in m["events"] for m in metrics),
                "n_refines": sum("refine" in m["events"] for m in metrics)}  # fmt: skip
+    if inpaint is not None:
+        summary["label_inpaint"] = inpaint
     if cfg.eval_at_end:
         t1 = time.perf_counter()
         summary["eval"] = evaluate(params, data, cfg, backend)

@@ -130,3 +130,19 @@ def label_accuracy(rendered: Tensor, target: Tensor) -> float:
     if n == 0:
         return float("nan")
     return float(((rendered.detach().argmax(-1) == target) & valid).sum()) / n
+
+
+def class_balance_weights(labels: Tensor, num_classes: int, power: float, max_weight: float) -> Tensor:
+    """[256] per-value weights (index a label map with it): ``(median / frequency_c) ** power``
+    clipped to ``[1, max_weight]`` for the classes present in ``labels`` (any shape, int64, 255 =
+    ignore), 1 for the others and for 255. ``power`` 0 gives all ones."""
+    w = torch.ones(256, dtype=torch.float32, device=labels.device)
+    if power <= 0:
+        return w
+    valid = labels[(labels >= 0) & (labels < num_classes)]
+    freq = torch.bincount(valid.reshape(-1), minlength=num_classes).float()
+    present = freq > 0
+    if present.any():
+        med = freq[present].median()
+        w[:num_classes][present] = ((med / freq[present]) ** power).clamp(1.0, max_weight)
+    return w

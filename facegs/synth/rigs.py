@@ -14,6 +14,8 @@ centre (``cx = W / 2``), square pixels, no distortion. View ids are ``cam_000``,
   every row (7, 8, 9, 8, 9, 7 cameras), distance 1.0 m (FaceScape's dense rig has 68 cameras over
   a similar frontal hemisphere).
 - ``nersemble``: 16 cameras on a frontal arc, two rows (pitch +12 and -6), |yaw| <= 60, 1.0 m.
+- ``frontal8``: a sparse rig, 8 cameras on one frontal arc, |yaw| <= 45, pitch 0, 1.0 m (the hard
+  case for refinement: the back and the sides of the head are never seen).
 - :func:`custom`: any yaws / pitches / rolls / distances (broadcast).
 """
 
@@ -27,7 +29,7 @@ from facegs.core.cameras import head_pose_to_w2c
 
 RIG_CENTER = np.array([0.0, -0.02, 0.0])  # world point all rig cameras aim at (metres)
 FRAME_HALF = 0.19  # metres: half the shorter image side at the rig centre
-RIG_NAMES = ("facescape", "nersemble")
+RIG_NAMES = ("facescape", "nersemble", "frontal8")
 
 RigView = tuple[str, np.ndarray, np.ndarray]
 
@@ -82,10 +84,17 @@ def nersemble(width: int = 256, height: int = 256) -> list[RigView]:
     return custom(yaws, pitches, 0.0, 1.0, width, height)
 
 
+def frontal8(width: int = 256, height: int = 256) -> list[RigView]:
+    """8 cameras on one frontal arc, |yaw| <= 45, pitch 0 (a sparse rig)."""
+    return custom(np.linspace(-45.0, 45.0, 8), 0.0, 0.0, 1.0, width, height)
+
+
 def get_rig(name: str, width: int = 256, height: int = 256) -> list[RigView]:
-    """Rig by name (``facescape`` or ``nersemble``) -> list of ``(view_id, K, world_to_camera)``."""
+    """Rig by name (``facescape``, ``nersemble``, ``frontal8``) -> list of ``(view_id, K, world_to_camera)``."""
     if name == "facescape":
         return facescape(width, height)
     if name == "nersemble":
         return nersemble(width, height)
+    if name == "frontal8":
+        return frontal8(width, height)
     raise KeyError(f"unknown rig '{name}'; available: {list(RIG_NAMES)} (or use facegs.synth.rigs.custom)")

@@ -1,0 +1,99 @@
+"""Per-subject quality without ground truth: scores a user can read on real captures.
+
+Computed for every subject before its samples are written (so that a bad subject is never shipped
+silently), from what the factory has anyway:
+
+- ``input_agreement``: per class, the IoU between the refined labels rendered at the capture views
+  and the initial labels of those views (``input_iou``, classes present in either); its mean is
+  ``input_miou``. A class that the 3D consensus does not reproduce (an eye never recovered) shows
+  as a low IoU, whatever the noise of the other classes;
+- ``consensus_confidence``: the mean probability of the rendered label over the pixels the scene
+  covers at the capture views: how strongly the views agree in 3D;
+- ``head_frame_reliability``: :func:`facegs.headframe.place.place_head_frame`'s reliability;
+- ``ignore_fraction``: the fraction of the rendered foreground that the clean-up ignores, over
+  ``probe_views`` of the subject's novel views;
+- ``psnr``: the fit's PSNR at the capture views (when the fit evaluated itself).
+
+``quality`` = ``head_frame_reliability`` x (mean of the agreement, confidence and PSNR terms) x
+(1 - ``ignore_fraction``), in [0, 1]; the PSNR term is ``clip((psnr - 20) / 10, 0, 1)``. The factory
+fails subjects below ``--min-quality`` (recorded as failures with the reason). How well it ranks fits
+by their true label accuracy is measured on synthetic subjects (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from facegs.core.imageio import read_labels
+from facegs.core.labels import CANONICAL, IGNORE_INDEX, get_label_set, remap
+from facegs.core.manifest import SubjectManifest
+from facegs.headframe.visible import ViewRender
+from facegs.label.views import ViewLabels
+from facegs.render.views import RenderedView
+
+PROBE_VIEWS = 8  # novel views rendered before the samples, for the ignore fraction (reused as samples)
+
+
+def _input_labels(m: SubjectManifest, labels: Mapping[str, ViewLabels] | None, i: int) -> np.ndarray | None:
+    v = m.views[i]
+    if labels is not None:
+        return labels[v.view_id].labels
+    if v.labels is None:
+        return None
+    lab = read_labels(m.path(v.labels))
+    return lab if m.label_set == CANONICAL else remap(lab, m.label_set, CANONICAL)
+
+
+def input_agreement(m: SubjectManifest, renders: Sequence[ViewRender],
+                    labels: Mapping[str, ViewLabels] | None) -> dict[str, Any]:
+    """``{"input_miou", "input_iou": {class: IoU}, "consensus_confidence"}`` at the capture views."""
+    ls = get_label_set(CANONICAL)
+    K = ls.num_classes
+    inter = np.zeros(K)
+    union = np.zeros(K)
+    conf_sum = conf_n = 0.0
+    for i, r in enumerate(renders):
+        lab = _input_labels(m, labels, i)
+        pred = r.labels
+        fg = r.alpha >= 0.5
+        conf_sum += float(r.probs.max(axis=-1)[fg].astype(np.float64).sum())
+        conf_n += float(fg.sum())
+        if lab is None:
+            continue
+        lab = cv2.resize(lab, (r.width, r.height), interpolation=cv2.INTER_NEAREST)
+        ok = (lab != IGNORE_INDEX) & (lab < K)
+        p, g = pred[ok].astype(np.int64), lab[ok].astype(np.int64)
+        inter += np.bincount(g[p == g], minlength=K)[:K]
+        union += np.bincount(p, minlength=K)[:K] + np.bincount(g, minlength=K)[:K] - np.bincount(g[p == g], minlength=K)[:K]
+    present = union > 0
+    iou = {ls.classes[k]: round(float(inter[k] / union[k]), 4) for k in range(K) if present[k]}
+    return {"input_miou": round(float(np.mean(list(iou.values()))), 4) if iou else None, "input_iou": iou,
+            "consensus_confidence": round(conf_sum / conf_n, 4) if conf_n else None}
+
+
+def ignore_fraction(views: Sequence[RenderedView]) -> float | None:
+    """Ignored share of the rendered foreground (labels > 0) over ``views``."""
+    ign = fg = 0
+    for rv in views:
+        f = rv.labels > 0
+        fg += int(f.sum())
+        ign += int((rv.ignore & f).sum())
+    return round(ign / fg, 4) if fg else None
+
+
+def combine(terms: Mapping[str, Any]) -> float:
+    """The scalar ``quality`` (see the module docstring); missing terms are left out of the mean."""
+    parts = [terms.get("input_miou"), terms.get("consensus_confidence")]
+    psnr = terms.get("psnr")
+    if psnr is not None and np.isfinite(psnr):
+        parts.append(float(np.clip((psnr - 20.0) / 10.0, 0.0, 1.0)))
+    parts = [float(p) for p in parts if p is not None]
+    mean = float(np.mean(parts)) if parts else 0.0
+    rel = terms.get("head_frame_reliability")
+    rel = 0.0 if rel is None else float(rel)
+    ign = terms.get("ignore_fraction") or 0.0
+    return round(rel * mean * (1.0 - float(ign)), 4)

@@ -1,0 +1,323 @@
+"""Placing a fitted subject's head frame so that it cannot fail silently.
+
+Three estimates, two of them independent of the labels:
+
+1. **labels**: semantic landmarks of the *visible* labelled surface
+   (:func:`facegs.headframe.visible.visible_surface_points`, each point weighted by its consensus
+   confidence) fitted to the template (:func:`facegs.headframe.estimate.estimate_head_frame`);
+2. **geometry**: the face's bilateral symmetry plane (:mod:`facegs.headframe.symmetry`): its
+   normal is the head's x axis, its offset the origin's x;
+3. **rig**: the capture rig's prior (:func:`facegs.headframe.priors.head_frame_from_cameras`):
+   forward = towards the mean camera, up = the cameras' mean image-up.
+
+Fusion: x comes from the symmetry plane (sign: the subject's left by the labels' frame, else the
+rig's); the rotation about x, the origin and the scale come from the landmarks refitted with x
+fixed (a 2D similarity in the plane perpendicular to x, outliers dropped as in the free fit). The
+frame is **reliable** when every check passes (:class:`PlacementConfig` holds the limits):
+
+- ``label_vs_symmetry_deg``: the labels' own x axis against the symmetry normal;
+- ``rig_forward_deg`` / ``rig_up_deg``: the fused frame against the rig prior (a rig faces the
+  front of the face; a frame 60 degrees off it looks from below or behind);
+- ``residual_rel``: rms landmark residual in template metres (world residual / scale);
+- ``symmetry_rel``: the symmetry plane's median mirror distance in template metres;
+- ``scale_ratio``: the face's width along x over the template's, in the fitted scale;
+- ``n_landmarks`` >= ``min_landmarks``.
+
+Each check gives a term in [0, 1] (1 inside its limit, falling linearly to 0 at twice the limit);
+``reliability`` is their minimum. An unreliable frame is replaced by the most reliable label-free
+estimate (``policy="fallback"``: x from the symmetry plane, the rotation about it and the origin
+from the rig; the rig alone without a plane) or the subject fails with the reasons
+(``policy="fail"``, :class:`facegs.core.errors.FitError`). The source is recorded:
+``"labels+symmetry"``, ``"labels"`` (no plane), ``"cameras+symmetry"`` or ``"cameras"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from facegs.core.errors import FitError
+from facegs.core.labels import CANONICAL, get_label_set
+from facegs.core.options import opt
+from facegs.headframe.estimate import estimate_head_frame
+from facegs.headframe.frame import HeadFrame, HeadFrameConfig, HeadFrameError
+from facegs.headframe.landmarks import template_point
+from facegs.headframe.priors import head_frame_from_cameras
+from facegs.headframe.symmetry import SymmetryPlane, symmetry_plane
+from facegs.headframe.template import LR_LANDMARK_PAIRS, TEMPLATE
+from facegs.headframe.visible import CameraView, SurfacePoints, ViewRender, render_capture_views, visible_surface_points
+
+# classes of the (nearly) mirror-symmetric face; hair, clothes and accessories are often asymmetric
+SYMMETRIC_CLASSES = ("skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "nose", "mouth",
+                     "u_lip", "l_lip", "neck")
+TEMPLATE_FACE_WIDTH = 2.0 * TEMPLATE["l_ear"][0]  # metres: ear to ear on the reference head
+POLICIES = ("fallback", "fail")
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    """Limits of the reliability checks (see the module docstring) and what to do when one fails."""
+
+    policy: str = field(default="fallback", metadata=opt(
+        "head frame whose checks fail: 'fallback' = replace it by the label-free estimate (symmetry plane + "
+        "rig; recorded as fit_metrics.head_frame_source), 'fail' = the subject fails with the reasons",
+        flag="--head-frame-policy", choices=POLICIES))
+    max_label_vs_symmetry_deg: float = 12.0
+    max_rig_forward_deg: float = 35.0
+    max_rig_up_deg: float = 35.0
+    max_residual_rel: float = 0.012  # template metres
+    max_symmetry_rel: float = 0.006  # template metres
+    max_scale_log: float = float(np.log(1.5))  # |log(face width / template face width)|
+    min_landmarks: int = 3
+    min_reliability: float = 0.5
+    symmetry: bool = True
+    max_side: int = 128  # capture views are rendered at most this large for the surface points
+    alpha_min: float = 0.9
+    max_points: int = 80_000
+
+
+@dataclass
+class Estimate:
+    """One candidate frame: ``R`` [3, 3] (columns x, y, z in world), ``origin`` [3], ``scale``."""
+
+    R: np.ndarray
+    origin: np.ndarray
+    scale: float | None = None
+
+    def matrix(self) -> np.ndarray:
+        M = np.eye(4)
+        M[:3, :3], M[:3, 3] = self.R, self.origin
+        return M
+
+
+def _angle(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    return float(np.degrees(np.arccos(np.clip(a @ b, -1.0, 1.0))))
+
+
+def _plane_basis(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    helper = np.array([0.0, 1.0, 0.0]) if abs(n[1]) < 0.9 else np.array([0.0, 0.0, 1.0])
+    e1 = np.cross(helper, n)
+    e1 /= np.linalg.norm(e1)
+    return e1, np.cross(n, e1)  # (n, e1, e2) right-handed
+
+
+def fit_with_fixed_x(landmarks: Mapping[str, np.ndarray], n: np.ndarray, d: float,
+                     weights: Mapping[str, float], cfg: HeadFrameConfig) -> tuple[Estimate, dict[str, Any]]:
+    """Landmarks -> template with the head's x axis fixed to ``n`` and the origin on the plane
+    ``n . x = d``: a weighted 2D similarity (rotation about x, scale, in-plane translation) between
+    the template's (y, z) and the landmarks projected on the plane; the worst landmark is dropped
+    while its 3D residual exceeds ``outlier_factor`` x the median and ``outlier_min`` template
+    metres, keeping at least 3. Raises HeadFrameError with fewer than 2 landmarks."""
+    names = list(landmarks)
+    if len(names) < 2:
+        raise HeadFrameError(f"need at least 2 landmarks for the in-plane fit, got {names}")
+    e1, e2 = _plane_basis(n)
+    obs = np.stack([landmarks[k] for k in names])
+    tmpl = np.array([template_point(k, names) for k in names], dtype=np.float64)
+    w_all = np.array([weights.get(k, 1.0) for k in names])
+    a = np.stack([obs @ e1, obs @ e2], axis=1)
+    b = tmpl[:, 1:]
+    active = np.ones(len(names), dtype=bool)
+    dropped: list[str] = []
+    while True:
+        w = w_all[active] / w_all[active].sum()
+        ma, mb = w @ a[active], w @ b[active]
+        A, B = a[active] - ma, b[active] - mb
+        cov = (A * w[:, None]).T @ B  # [2, 2]
+        theta = np.arctan2(cov[1, 0] - cov[0, 1], cov[0, 0] + cov[1, 1])
+        c, s_ = np.cos(theta), np.sin(theta)
+        Rot = np.array([[c, -s_], [s_, c]])
+        var_b = float(w @ (B * B).sum(axis=1))
+        scale = float(np.trace(Rot.T @ cov) / max(var_b, 1e-18))
+        t2 = ma - scale * Rot @ mb
+        y = c * e1 + s_ * e2
+        R = np.stack([n, y, np.cross(n, y)], axis=1)
+        origin = d * n + t2[0] * e1 + t2[1] * e2
+        res = np.linalg.norm(obs - (origin + scale * tmpl @ R.T), axis=1)
+        med = float(np.median(res[active]))
+        worst = int(np.argmax(np.where(active, res, -1.0)))
+        if active.sum() <= 3 or res[worst] <= max(cfg.outlier_factor * med, cfg.outlier_min * scale):
+            break
+        active[worst] = False
+        dropped.append(names[worst])
+    rms = float(np.sqrt(np.average(res[active] ** 2, weights=w_all[active])))
+    return Estimate(R, origin, scale), {"used": [k for k, m in zip(names, active) if m], "dropped": dropped,
+                                        "rms_residual": rms, "scale": scale}
+
+
+def _term(value: float | None, limit: float) -> float:
+    """1 within ``limit``, falling linearly to 0 at twice the limit (None: 0)."""
+    if value is None or not np.isfinite(value):
+        return 0.0
+    return float(np.clip(2.0 - value / limit, 0.0, 1.0)) if limit > 0 else float(value <= 0)
+
+
+def _lr_sign(points: SurfacePoints, n: np.ndarray) -> float:
+    """Evidence (signed) that +n points to the subject's left, from the left/right labelled points."""
+    ls = get_label_set(CANONICAL)
+    lab, conf = points.labels, points.confidence
+    ev = 0.0
+    for left, right in LR_LANDMARK_PAIRS:
+        ml, mr = lab == ls.index(left), lab == ls.index(right)
+        if ml.sum() >= 10 and mr.sum() >= 10:
+            cl = np.average(points.points[ml], axis=0, weights=conf[ml])
+            cr = np.average(points.points[mr], axis=0, weights=conf[mr])
+            ev += float((cl - cr) @ n) * min(ml.sum(), mr.sum())
+    return ev
+
+
+def place_head_frame(params: dict[str, torch.Tensor], views: Sequence[CameraView], cfg: PlacementConfig | None = None,
+                     *, subject: str | None = None, backend: str = "auto",
+                     renders: Sequence[ViewRender] | None = None) -> tuple[HeadFrame, str]:
+    """The subject's head frame and its source (see the module docstring). ``views``: the capture
+    cameras ``(K, world-to-camera, width, height)``; ``renders``: those views already rendered
+    (:func:`facegs.headframe.visible.render_capture_views`), else they are rendered here.
+    Diagnostics hold every estimate, the checks, ``reliability`` and ``reasons``. Raises
+    :class:`FitError` when no frame can be placed, or with ``policy="fail"`` when the checks fail."""
+    cfg = cfg or PlacementConfig()
+    if cfg.policy not in POLICIES:
+        raise ValueError(f"head frame policy must be one of {POLICIES}, got '{cfg.policy}'")
+    if renders is None:
+        renders = render_capture_views(params, views, max_side=cfg.max_side, backend=backend)
+    surface = visible_surface_points(renders, alpha_min=cfg.alpha_min, max_points=cfg.max_points)
+    w2cs = np.stack([np.asarray(v[1], np.float64) for v in views])
+    diag: dict[str, Any] = {"n_surface_points": len(surface)}
+    reasons: list[str] = []
+    rig = labels = None
+    try:
+        rig = head_frame_from_cameras(w2cs)
+    except HeadFrameError as e:
+        reasons.append(f"no rig prior: {e}")
+    hcfg = HeadFrameConfig()
+    if len(surface) >= 50:
+        try:
+            labels = estimate_head_frame(surface.points, surface.probs, weights=surface.confidence, cfg=hcfg)
+        except HeadFrameError as e:
+            reasons.append(f"labels: {e}")
+    else:
+        reasons.append(f"only {len(surface)} opaque surface points in the capture views")
+    plane = _plane(surface, labels, rig, cfg, reasons)
+    fused, fdiag = _fuse(labels, plane, surface, hcfg, reasons)
+    diag.update(fdiag)
+    checks = _checks(fused, labels, plane, rig, surface, cfg, fdiag)
+    diag["checks"] = checks
+    terms = {k: v["term"] for k, v in checks.items()}
+    reliability = min(terms.values()) if terms else 0.0
+    failed = [f"{k} = {v['value']} (limit {v['limit']})" for k, v in checks.items() if v["term"] < 1.0]
+    diag["reliability"] = round(float(reliability), 4)
+    if fused is not None and reliability >= cfg.min_reliability:
+        source = "labels+symmetry" if plane is not None else "labels"
+        frame = fused
+    else:
+        why = "; ".join(reasons + failed) or "no estimate"
+        if cfg.policy == "fail":
+            raise FitError(f"cannot place the head frame reliably (reliability {reliability:.2f} < "
+                           f"{cfg.min_reliability}): {why}", subject=subject)
+        frame, source = _fallback(plane, rig, subject, why)
+        diag["fallback_reason"] = why
+    diag["reasons"] = reasons + failed
+    diag["source"] = source
+    if labels is not None:
+        diag["labels_frame"] = labels.world_from_head.tolist()
+        diag["label_diagnostics"] = {k: v for k, v in labels.diagnostics.items() if k != "landmarks"}
+    if plane is not None:
+        diag["symmetry"] = {"normal": plane.normal.tolist(), "offset": plane.offset, "residual": plane.residual,
+                            "n_points": plane.n_points}
+    if rig is not None:
+        diag["rig_frame"] = rig.world_from_head.tolist()
+    return HeadFrame(world_from_head=frame.matrix(), diagnostics=diag), source
+
+
+def _plane(surface: SurfacePoints, labels: HeadFrame | None, rig: HeadFrame | None, cfg: PlacementConfig,
+           reasons: list[str]) -> SymmetryPlane | None:
+    if not cfg.symmetry:
+        return None
+    ls = get_label_set(CANONICAL)
+    face = np.isin(surface.labels, [ls.index(c) for c in SYMMETRIC_CLASSES])
+    inits = [f.world_from_head[:3, 0] for f in (labels, rig) if f is not None]
+    try:
+        return symmetry_plane(surface.points[face], inits)
+    except ValueError as e:
+        reasons.append(f"no symmetry plane: {e}")
+        return None
+
+
+def _fuse(labels: HeadFrame | None, plane: SymmetryPlane | None, surface: SurfacePoints, hcfg: HeadFrameConfig,
+          reasons: list[str]) -> tuple[Estimate | None, dict[str, Any]]:
+    """The labels' landmarks refitted with x from the symmetry plane (or the labels' frame alone)."""
+    if labels is None:
+        return None, {}
+    d = labels.diagnostics
+    T = labels.world_from_head
+    if plane is None:
+        return Estimate(T[:3, :3], T[:3, 3], d["scale"]), {"used": d["used"], "scale": d["scale"],
+                                                            "rms_residual": d["rms_residual"]}
+    n = plane.normal if plane.normal @ T[:3, 0] >= 0 else -plane.normal
+    lms = {k: np.asarray(v["position"]) for k, v in d["landmarks"].items() if k in d["used"]}
+    try:
+        est, info = fit_with_fixed_x(lms, n, plane.offset * float(n @ plane.normal), hcfg.weights, hcfg)
+    except HeadFrameError as e:
+        reasons.append(f"in-plane fit: {e}")
+        return None, {}
+    info["lr_evidence"] = _lr_sign(surface, n)
+    return est, info
+
+
+def _checks(fused: Estimate | None, labels: HeadFrame | None, plane: SymmetryPlane | None, rig: HeadFrame | None,
+            surface: SurfacePoints, cfg: PlacementConfig, fdiag: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each check: ``{"value", "limit", "term"}`` (see the module docstring)."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, value: float | None, limit: float) -> None:
+        out[name] = {"value": None if value is None else round(float(value), 5), "limit": limit,
+                     "term": round(_term(value, limit), 4)}
+
+    if fused is None:
+        add("n_landmarks", None, cfg.min_landmarks)
+        return out
+    n_lm = len(fdiag.get("used", []))
+    out["n_landmarks"] = {"value": n_lm, "limit": cfg.min_landmarks, "term": float(n_lm >= cfg.min_landmarks)}
+    scale = fused.scale or 1.0
+    add("residual_rel", fdiag.get("rms_residual", np.inf) / scale, cfg.max_residual_rel)
+    if plane is not None and labels is not None:
+        add("label_vs_symmetry_deg", min(_angle(labels.world_from_head[:3, 0], plane.normal),
+                                         _angle(labels.world_from_head[:3, 0], -plane.normal)),
+            cfg.max_label_vs_symmetry_deg)
+        add("symmetry_rel", plane.residual / scale, cfg.max_symmetry_rel)
+        x = fused.R[:, 0]
+        u = (surface.points - fused.origin) @ x
+        width = float(np.percentile(u, 97.5) - np.percentile(u, 2.5)) / scale
+        add("scale_log", abs(np.log(max(width, 1e-9) / TEMPLATE_FACE_WIDTH)), cfg.max_scale_log)
+    if rig is not None:
+        add("rig_forward_deg", _angle(fused.R[:, 2], rig.world_from_head[:3, 2]), cfg.max_rig_forward_deg)
+        add("rig_up_deg", _angle(fused.R[:, 1], rig.world_from_head[:3, 1]), cfg.max_rig_up_deg)
+    return out
+
+
+def _fallback(plane: SymmetryPlane | None, rig: HeadFrame | None, subject: str | None,
+              why: str) -> tuple[Estimate, str]:
+    """The label-free frame: x from the symmetry plane (signed by the rig), the rotation about it
+    and the origin from the rig prior; the rig prior alone without a plane."""
+    if rig is None:
+        raise FitError(f"cannot place the head frame: {why}; and no rig prior", subject=subject)
+    R0, o0 = rig.world_from_head[:3, :3], rig.world_from_head[:3, 3]
+    if plane is None:
+        return Estimate(R0, o0), "cameras"
+    n = plane.normal if plane.normal @ R0[:, 0] >= 0 else -plane.normal
+    up = R0[:, 1] - (R0[:, 1] @ n) * n
+    up /= np.linalg.norm(up)
+    R = np.stack([n, up, np.cross(n, up)], axis=1)
+    offset = plane.offset * float(n @ plane.normal)
+    return Estimate(R, o0 - (o0 @ n - offset) * n), "cameras+symmetry"
+
+
+def capture_views(m: Any) -> list[CameraView]:
+    """``(K, world-to-camera, width, height)`` of a subject manifest's views."""
+    return [(np.asarray(v.K), np.asarray(v.world_to_camera), int(v.width), int(v.height)) for v in m.views]
+
+
