@@ -54,6 +54,9 @@ class FactoryConfig(NovelViewConfig):
     camera_head_frame_fallback: bool = field(default=True, metadata=opt(
         "fail a subject whose fitted scene shows too few face parts for the head frame, instead of falling back "
         "to the camera rig's frame (recorded as fit_metrics.head_frame_source)", flag="--no-camera-head-frame"))
+    allow_external_paths: bool = field(default=False, metadata=opt(
+        "read manifest paths outside a subject's directory (absolute, '..', links out); by default such a subject "
+        "fails. Not part of the config hash: it decides which subjects may be read, not their samples"))
 
     def __post_init__(self) -> None:
         kind = self.labels.split(":", 1)[0]
@@ -97,6 +100,7 @@ def config_hash(cfg: FactoryConfig, parser_sha256: str | None = None) -> str:
     and the parser checkpoint's content hash when labels come from a parser (the same path with
     other weights is another config)."""
     d = cfg.to_dict()
+    d.pop("allow_external_paths")  # which subjects may be read, not what their samples are
     # the resolved fit and render settings, so that a changed library default is a new config
     d["resolved"] = asdict(cfg.refine(0))
     if cfg.label_source == "parser":
