@@ -300,10 +300,13 @@ def check_subject(
         if lexical and not allow_external_paths:
             v = replace(v, **{fld: None for view, fld in lexical if view == v.view_id})
         _check_files(m, v, col, num_classes, check_images, converted)
-    for note, files in sorted(converted.items()):
-        shown = ", ".join(files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
-        col.add(None, "image", f"{len(files)} image(s) are {note} and were converted to 8-bit RGB: {shown}", mpath,
-                WARNING)
+    if converted:  # one warning per subject, naming the files by kind of conversion
+        parts = []
+        for note, files in sorted(converted.items()):
+            parts.append(f"{note}: " + ", ".join(files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else ""))
+        n = sum(len(f) for f in converted.values())
+        col.add(None, "image", f"{n} image(s) are not 8-bit RGB and were converted to 8-bit RGB ({'; '.join(parts)})",
+                mpath, WARNING)
     return col.problems, m
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from facegs.core.errors import InputError
 from facegs.core.imageio import (
+    ImageHeader,
     check_pixels,
     decode_gray_png,
     decode_label_png,
@@ -129,8 +130,9 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"non-finite number {name} (NaN and infinities are not JSON)")
 
 
-def _image_header(data: bytes, where: str, w: int, h: int, max_pixels: int, key: str, fld: str, shard: str) -> None:
-    """Check a member image's header (size, pixel cap) before it is decoded."""
+def _image_header(data: bytes, where: str, w: int, h: int, max_pixels: int, key: str, fld: str,
+                  shard: str) -> ImageHeader:
+    """Check a member image's header (size, pixel cap) before it is decoded; returns it."""
     try:
         hdr = read_header(data, where)
         check_pixels(hdr, where, max_pixels, "shard image")
@@ -139,6 +141,7 @@ def _image_header(data: bytes, where: str, w: int, h: int, max_pixels: int, key:
     if (hdr.width, hdr.height) != (w, h):
         raise InputError(f"image is {hdr.width}x{hdr.height} but the metadata says {w}x{h}", view=key, field=fld,
                          path=shard)
+    return hdr
 
 
 def check_meta(meta: Any, key: str, shard: str) -> tuple[int, int]:
@@ -198,16 +201,16 @@ def decode_sample(raw: RawSample, max_pixels: int = DEFAULT_MAX_MEMBER_PIXELS) -
         raise InputError(f"metadata is not JSON: {e}", view=key, field="json", path=shard) from None
     w, h = check_meta(meta, key, shard)
     images = [rgb_fields[0], "seg.png", "conf.png", "ignore.png"] + (["alpha.png"] if "alpha.png" in raw else [])
-    for fld in images:
-        _image_header(raw[fld], f"{where}.{fld}", w, h, max_pixels, key, fld, shard)
+    hdr = {fld: _image_header(raw[fld], f"{where}.{fld}", w, h, max_pixels, key, fld, shard) for fld in images}
+    rf = rgb_fields[0]
     out = {
         "__key__": key,
         "__shard__": shard,
-        "rgb": decode_rgb(raw[rgb_fields[0]], f"{where}.{rgb_fields[0]}", max_pixels=max_pixels),
-        "seg": decode_label_png(raw["seg.png"], f"{where}.seg.png", max_pixels=max_pixels),
-        "conf": dequantize_unit(decode_gray_png(raw["conf.png"], f"{where}.conf.png", max_pixels=max_pixels)),
-        "ignore": decode_gray_png(raw["ignore.png"], f"{where}.ignore.png", max_pixels=max_pixels) >= 128,
-        "alpha": (dequantize_unit(decode_gray_png(raw["alpha.png"], f"{where}.alpha.png", max_pixels=max_pixels))
+        "rgb": decode_rgb(raw[rf], f"{where}.{rf}", max_pixels=max_pixels, header=hdr[rf]),
+        "seg": decode_label_png(raw["seg.png"], f"{where}.seg.png", header=hdr["seg.png"]),
+        "conf": dequantize_unit(decode_gray_png(raw["conf.png"], f"{where}.conf.png", header=hdr["conf.png"])),
+        "ignore": decode_gray_png(raw["ignore.png"], f"{where}.ignore.png", header=hdr["ignore.png"]) >= 128,
+        "alpha": (dequantize_unit(decode_gray_png(raw["alpha.png"], f"{where}.alpha.png", header=hdr["alpha.png"]))
                   if "alpha.png" in raw else None),
         "meta": meta,
         "hflip": False,
