@@ -51,6 +51,7 @@ from facegs.core.options import add_options, from_namespace, opt
 from facegs.core.storage import put_bytes_atomic
 from facegs.factory.config import FactoryConfig, config_hash
 from facegs.factory.markers import SUMMARY_NAME, complete_subjects, finalize
+from facegs.factory.preflight import PreflightError, preflight
 from facegs.factory.sources import list_subject_urls, subject_id_of
 from facegs.shards.root import DatasetRoot
 from facegs.splat.rasterize import BACKENDS
@@ -155,6 +156,10 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     (``subjects_failed`` > 0: some subjects failed for good). Raises :class:`BuildError` before any
     work for bad arguments. Uses the caller's Ray when one is initialised."""
     t0 = time.time()
+    try:  # before anything is fitted or written (facegs.factory.preflight): one line, exit 2
+        preflight(cfg.subjects, cfg.out, cfg.factory, cfg.storage_options)
+    except PreflightError as e:
+        raise BuildError(str(e)) from None
     p = plan(cfg)
     root = DatasetRoot.open(cfg.out, cfg.storage_options)
     print(f"[build_dataset] {len(p.urls)} subjects, {len(p.done)} already complete (config {p.chash}), "

@@ -61,6 +61,12 @@ def cv_K(K: np.ndarray) -> np.ndarray:
     return K
 
 
+def toolkit_undistorted(img: np.ndarray, K_raw: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """What the FaceScape toolkit makes of a distorted image: ``cv2.undistort(img, K, dist)`` with K as
+    stored in params.json."""
+    return cv2.undistort(img, np.asarray(K_raw, dtype=np.float64), np.asarray(dist, dtype=np.float64))
+
+
 def undistorted(img: np.ndarray, K: np.ndarray, dist: np.ndarray) -> np.ndarray:
     """What ingestion must produce for a distorted source image (same K, facegs convention)."""
     Kc = cv_K(K)
@@ -74,15 +80,17 @@ def undistorted(img: np.ndarray, K: np.ndarray, dist: np.ndarray) -> np.ndarray:
 DIST5 = np.array([0.08, -0.03, 0.002, -0.001, 0.01])
 
 
-def write_facescape(folder: Path, cams: list[Cam], *, invalid: tuple[int, ...] = (), K4: bool = True) -> dict:
+def write_facescape(folder: Path, cams: list[Cam], *, invalid: tuple[int, ...] = (), K4: bool = True,
+                    centers: str = "half") -> dict:
     """FaceScape tuple: ``{i}.jpg``-style images (PNG here, lossless) + params.json with distortion.
 
-    K is written in OpenCV's integer pixel-centre convention; Rt is 3x4 world-to-camera.
+    K is written with pixel centres at +0.5 (``centers="half"``: as FaceScape's own renderer uses it,
+    the facegs default) or in OpenCV's integer convention (``"integer"``); Rt is 3x4 world-to-camera.
     """
     folder.mkdir(parents=True, exist_ok=True)
     params: dict = {}
     for i, c in enumerate(cams):
-        Kc = cv_K(c.K)
+        Kc = cv_K(c.K) if centers == "integer" else c.K.copy()
         if K4:
             K = np.eye(4)
             K[:3, :3] = Kc
@@ -103,10 +111,11 @@ def write_facescape(folder: Path, cams: list[Cam], *, invalid: tuple[int, ...] =
 
 
 def write_nersemble(folder: Path, cams: list[Cam], ccm: dict[str, np.ndarray] | None = None) -> None:
-    """NeRSemble participant folder: calibration/camera_params.json, images/cam_SERIAL.png."""
+    """NeRSemble participant folder: calibration/camera_params.json, images/cam_SERIAL.png (K with
+    pixel centres at +0.5, the facegs default for NeRSemble)."""
     (folder / "calibration").mkdir(parents=True, exist_ok=True)
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    doc = {"world_2_cam": {c.view_id: c.w2c.tolist() for c in cams}, "intrinsics": cv_K(cams[0].K).tolist()}
+    doc = {"world_2_cam": {c.view_id: c.w2c.tolist() for c in cams}, "intrinsics": cams[0].K.tolist()}
     (folder / "calibration" / "camera_params.json").write_text(json.dumps(doc), encoding="utf-8")
     if ccm is not None:
         (folder / "calibration" / "color_calibration.json").write_text(
@@ -120,14 +129,17 @@ GL_FLIP = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
 def write_nerfstudio(folder: Path, cams: list[Cam], dist: np.ndarray | None = None, per_frame_K: bool = True) -> None:
-    """transforms.json with OpenGL camera-to-world matrices (+y up, +z backward)."""
+    """transforms.json with OpenGL camera-to-world matrices (+y up, +z backward). ``per_frame_K``:
+    intrinsics per frame only (nerfstudio reads per-frame values only for keys the top level lacks);
+    else shared at the top level."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     K0 = cams[0].K
     doc: dict = {
-        "camera_model": "OPENCV", "fl_x": K0[0, 0], "fl_y": K0[1, 1], "cx": K0[0, 2], "cy": K0[1, 2],
-        "w": cams[0].image.shape[1], "h": cams[0].image.shape[0], "frames": [],
+        "camera_model": "OPENCV", "w": cams[0].image.shape[1], "h": cams[0].image.shape[0], "frames": [],
         "applied_transform": np.eye(4)[:3].tolist(),
     }
+    if not per_frame_K:
+        doc.update({"fl_x": K0[0, 0], "fl_y": K0[1, 1], "cx": K0[0, 2], "cy": K0[1, 2]})
     if dist is not None:
         doc.update(k1=dist[0], k2=dist[1], p1=dist[2], p2=dist[3], k3=dist[4])
     for c in cams:

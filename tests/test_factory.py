@@ -288,16 +288,23 @@ def test_factory_subject_from_s3_to_s3(subjects, small_ds, s3_fs: S3Env):
 
 @pytest.mark.slow
 def test_factory_actor_that_cannot_start_fails_subjects_instead_of_hanging(subjects, tmp_path):
+    """An unloadable checkpoint is refused by the preflight (one line, exit 2, nothing written); an
+    actor that cannot be placed (a GPU actor on a CPU-only cluster) fails the subjects, not hangs."""
     bad_ckpt = tmp_path / "parser.pt"
     bad_ckpt.write_bytes(b"not a checkpoint")
     out = tmp_path / "ds"
     r = run_driver(["--subjects", good_list(subjects, tmp_path), "--out", str(out), "--num-cpus", "1",
                     "--labels", f"parser:{bad_ckpt}", "--preset", "test", "--no-progress"], timeout=300)
+    assert r.returncode == 2 and "cannot be loaded" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()
+    r = run_driver(["--subjects", good_list(subjects, tmp_path), "--out", str(out), "--num-cpus", "1",
+                    "--labels", "noise:pixel:0.3", "--preset", "test", "--no-progress", "--gpu", "yes",
+                    "--actor-start-timeout", "5"], timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["subjects_failed"] == len(GOOD) and s["subjects_done"] == 0
     f = s["failures"]["g0"]
-    assert f["error_type"] == "NoActorAvailable" and "failed to start" in f["message"]
+    assert f["error_type"] == "NoActorAvailable" and "could not be placed" in f["message"]
     assert read_manifest(str(out)).num_rows == 0
 
 

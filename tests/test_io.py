@@ -13,6 +13,7 @@ from fixtures_io import (
     cv_K,
     ring_cameras,
     run_cli,
+    toolkit_undistorted,
     undistorted,
     write_colmap,
     write_facescape,
@@ -65,7 +66,7 @@ def test_facescape_roundtrip_undistorts_and_skips_invalid(tmp_path, K4):
         if i == 2:
             continue
         img = read_rgb(m.path(m.view(str(i)).image))
-        expect = undistorted(c.image, c.K, DIST5)
+        expect = toolkit_undistorted(c.image, c.K, DIST5)  # K as written: pixel centres at +0.5
         np.testing.assert_array_equal(img, expect)
         assert np.abs(img.astype(int) - c.image).mean() > 1.0  # undistortion really changed the pixels
     _assert_valid(tmp_path / "out")
@@ -181,7 +182,7 @@ def test_nersemble_calib_size_scales_K(tmp_path):
     # pretend the intrinsics were calibrated at twice the resolution of the images
     doc = json.loads((tmp_path / "p/calibration/camera_params.json").read_text())
     K2 = np.diag([2.0, 2.0, 1.0]) @ cams[0].K  # facegs convention at 2x
-    doc["intrinsics"] = cv_K(K2).tolist()
+    doc["intrinsics"] = K2.tolist()
     (tmp_path / "p/calibration/camera_params.json").write_text(json.dumps(doc))
     m = ingest("nersemble", tmp_path / "p", tmp_path / "out", calib_size=(2 * 96, 2 * 72))
     np.testing.assert_allclose(m.views[0].K, cams[0].K, atol=1e-9)

@@ -284,7 +284,7 @@ def test_unsafe_members_are_rejected_naming_shard_and_member(tmp_path, case, mem
            "oversized": (_info(member), b"x" * 5000)}.get(case, (_info(member), b"{}"))
     (tmp_path / "shards").mkdir()
     _tar(tmp_path / "shards" / "evil-000000.tar", good + [bad])
-    ds = ShardDataset(str(tmp_path), shards=["shards/evil-000000.tar"], max_member_bytes=4096)
+    ds = ShardDataset(str(tmp_path), shards=["shards/evil-000000.tar"], max_member_bytes=4096, verify=False)
     with pytest.raises(UnsafeTarMemberError) as ei:
         list(ds)
     msg = str(ei.value)
@@ -295,12 +295,13 @@ def test_bad_shards_raise_or_are_skipped(dataset, tmp_path):
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "junk-000000.tar").write_bytes(b"this is not a tar file" * 40)
     with pytest.raises(InputError, match="junk-000000.tar"):
-        list(ShardDataset(str(tmp_path), shards=["shards/junk-000000.tar"]))
+        list(ShardDataset(str(tmp_path), shards=["shards/junk-000000.tar"], verify=False))
     with pytest.raises(InputError, match="does not exist"):
-        list(ShardDataset(str(tmp_path), shards=["shards/missing-000000.tar"]))
+        list(ShardDataset(str(tmp_path), shards=["shards/missing-000000.tar"], verify=False))
     # skip mode: the bad shard is logged and skipped, the good ones are read
     good = read_manifest(str(dataset)).column("shard").to_pylist()
-    ds = ShardDataset(str(dataset), shards=good[:1] + ["shards/missing-000000.tar"] + good[1:2], on_error="skip")
+    ds = ShardDataset(str(dataset), shards=good[:1] + ["shards/missing-000000.tar"] + good[1:2], on_error="skip",
+                      verify=False)
     assert len(list(ds)) == 3 + 3
     # unknown members are ignored, never unpickled (webdataset's basichandlers would unpickle .pyd/.pkl)
     shard = good[0]

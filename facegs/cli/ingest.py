@@ -59,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("format options")
     g.add_argument("--images", metavar="DIR", help="image folder (colmap, nersemble)")
     g.add_argument("--pixel-centers", choices=("half", "integer"),
-                   help="pixel-centre convention of the source K (facescape, nersemble; default integer = OpenCV)")
+                   help="pixel-centre convention of the source K (facescape, nersemble): half (default: K used "
+                   "unchanged, as both datasets' own renderers use it) or integer (OpenCV-centred: cx, cy += 0.5); "
+                   "docs/conventions.md")
     g.add_argument("--sequence", help="nersemble: read videos from SRC/sequences/SEQUENCE/images")
     g.add_argument("--frame", type=int, help="nersemble: frame index in cam_SERIAL.mp4 videos (default 0)")
     g.add_argument("--no-color-correction", dest="color_correction", action="store_const", const=False,

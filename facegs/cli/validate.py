@@ -43,18 +43,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Check every subject directory at or below DIR: manifest schema, cameras (pinhole K, proper "
             "world-to-camera rotations), files present, decodable and of the declared size, label classes in "
-            "range, duplicate ids, too few views. Prints a table and a summary; exits 1 when any error is found."
+            "range, duplicate ids, too few views, ids against the identifier rule, paths that leave the subject "
+            "directory. Prints a table and a summary; exits 1 when any error is found."
         ),
     )
     p.add_argument("dir", metavar="DIR", help="a subject directory or a tree of them")
     p.add_argument("--min-views", type=int, default=4, help="fewest views a subject may have (default 4)")
     p.add_argument("--json", metavar="REPORT", help="also write the report as JSON to this file")
     p.add_argument("--quick", action="store_true", help="read image headers only (no pixel decoding, no label-value check)")
+    p.add_argument("--allow-external-paths", action="store_true",
+                   help="accept manifest paths outside the subject directory (absolute, '..', links out); by default "
+                   "they are errors")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = validate_tree(args.dir, check_images=not args.quick, min_views=args.min_views)
+    report = validate_tree(args.dir, check_images=not args.quick, min_views=args.min_views,
+                           allow_external_paths=args.allow_external_paths)
     print(format_report(report))
     n_err = sum(1 for probs in report.values() for p in probs if p.severity == ERROR)
     if args.json:

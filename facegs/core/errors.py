@@ -49,6 +49,16 @@ class InputError(ValueError):
             path=self.path,
         )
 
+    def with_path_prefix(self, old: str, new: str) -> InputError:
+        """A copy whose path and message name ``new`` where they named a path under ``old`` (a
+        staged copy of the user's files mapped back to the user's URL)."""
+        old = old.rstrip("/")
+        path = self.path
+        if path is not None and (path == old or path.startswith(old + "/")):
+            path = new.rstrip("/") + path[len(old):]
+        return InputError(self.message.replace(old, new.rstrip("/")), subject=self.subject, view=self.view,
+                          field=self.field, path=path)
+
     def as_dict(self) -> dict[str, str | None]:
         return {
             "subject": self.subject,

@@ -7,6 +7,10 @@ directory). Schema: ``schemas/subject_manifest.schema.json`` (JSON Schema) and
 Per view: ``K`` [3, 3] with pixel centres at +0.5, ``world_to_camera`` [4, 4] in OpenCV
 convention, optional OpenCV ``distortion``, and optional ``labels`` / ``confidence`` / ``mask`` / ``ignore`` /
 ``gt_labels`` / ``gt_depth`` image paths.
+
+Ids follow :mod:`facegs.core.ids`; every path (view files, ``points3d``) is relative to the subject
+directory and stays inside it (:func:`manifest_path_problems`, :meth:`SubjectManifest.path`), unless
+the manifest is loaded with ``allow_external_paths=True`` -- the user's opt-in, never the manifest's.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from facegs.core.errors import InputError
+from facegs.core.ids import id_problem, relative_path_problem, resolve_inside
 from facegs.core.schemas import load_json_schema
 from facegs.core.storage import atomic_write_bytes
 
@@ -95,7 +100,8 @@ class View:
 class SubjectManifest:
     """A subject: id, label set of its label maps, views, optional ground-truth head pose and points.
 
-    ``root`` is the subject directory that relative paths resolve against (not serialised).
+    ``root`` is the subject directory that relative paths resolve against; ``allow_external_paths``
+    lets :meth:`path` leave it (the user's opt-in). Neither is serialised.
     """
 
     subject_id: str
@@ -105,13 +111,16 @@ class SubjectManifest:
     points3d: str | None = None
     source: dict[str, Any] = field(default_factory=dict)
     root: Path | None = field(default=None, compare=False)
+    allow_external_paths: bool = field(default=False, compare=False)
 
     def path(self, rel: str) -> Path:
-        """Resolve a path from the manifest against the subject directory."""
-        p = Path(rel)
-        if p.is_absolute() or self.root is None:
-            return p
-        return self.root / p
+        """Resolve a path from the manifest against the subject directory; :class:`InputError` when
+        it leaves the directory (absolute, ``..``, or a symbolic link out) unless
+        ``allow_external_paths``."""
+        if self.root is None:
+            return Path(rel)
+        return resolve_inside(self.root, rel, allow_outside=self.allow_external_paths, subject=self.subject_id,
+                              path=str(self.root / MANIFEST_NAME))
 
     def view(self, view_id: str) -> View:
         for v in self.views:
@@ -197,31 +206,58 @@ def _json_path(err: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in err.absolute_path) or "<root>"
 
 
-def check_manifest_json(d: Any, *, path: str | None = None) -> None:
-    """Validate a parsed ``subject.json`` against the JSON Schema; raise :class:`InputError`.
+def schema_error_message(e: jsonschema.ValidationError) -> str:
+    """The message of one schema violation; identifiers get the identifier rule's own words."""
+    p = list(e.absolute_path)
+    if e.validator == "pattern" and p and p[-1] in ("subject_id", "view_id"):
+        return f"{p[-1].replace('_', ' ')} {e.instance!r} {id_problem(e.instance)} (identifier rule: docs/conventions.md)"
+    return f"schema violation: {e.message}"
 
-    The error names the subject, the view (by ``view_id`` when readable) and the field.
+
+def manifest_path_problems(d: dict[str, Any]) -> list[tuple[str | None, str, str, str]]:
+    """``(view id or None, field, path, why)`` for every path in a schema-valid manifest dict that
+    is not a plain relative path inside the subject directory (text only; links are checked when
+    the files are opened, :meth:`SubjectManifest.path`)."""
+    out = []
+    if d.get("points3d") is not None and (why := relative_path_problem(d["points3d"])):
+        out.append((None, "points3d", d["points3d"], why))
+    for v in d.get("views", []):
+        for fld in VIEW_FILE_FIELDS:
+            rel = v.get(fld)
+            if rel is not None and (why := relative_path_problem(rel)):
+                out.append((v.get("view_id"), fld, rel, why))
+    return out
+
+
+def check_manifest_json(d: Any, *, path: str | None = None, allow_external_paths: bool = False) -> None:
+    """Validate a parsed ``subject.json`` against the JSON Schema and the path rule; raise
+    :class:`InputError` naming the subject, the view (by ``view_id`` when readable) and the field.
     """
     schema = load_json_schema("subject_manifest.schema.json")
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(d), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(d), key=lambda e: [str(x) for x in e.absolute_path])
     if not errors:
+        if not allow_external_paths:
+            for view, fld, rel, why in manifest_path_problems(d):
+                raise InputError(f"path {rel!r} {why} (pass --allow-external-paths to read it anyway)", subject=d["subject_id"],
+                                 view=view, field=fld, path=path)
         return
     e = errors[0]
-    subject = d.get("subject_id") if isinstance(d, dict) and isinstance(d.get("subject_id"), str) else None
+    subject = d.get("subject_id") if isinstance(d, dict) and id_problem(d.get("subject_id")) is None else None
     view = None
     fld = _json_path(e)
     p = list(e.absolute_path)
     if len(p) >= 2 and p[0] == "views" and isinstance(p[1], int):
         vd = d["views"][p[1]]
-        view = vd.get("view_id") if isinstance(vd, dict) and isinstance(vd.get("view_id"), str) else f"#{p[1]}"
+        view = vd.get("view_id") if isinstance(vd, dict) and id_problem(vd.get("view_id")) is None else f"#{p[1]}"
         fld = ".".join(str(x) for x in p[2:]) or "<view>"
     more = f" (+{len(errors) - 1} more schema errors)" if len(errors) > 1 else ""
-    raise InputError(f"schema violation: {e.message}{more}", subject=subject, view=view, field=fld, path=path)
+    raise InputError(f"{schema_error_message(e)}{more}", subject=subject, view=view, field=fld, path=path)
 
 
-def load_manifest(path: str | os.PathLike) -> SubjectManifest:
-    """Load and schema-check a manifest from a subject directory or a ``subject.json`` path."""
+def load_manifest(path: str | os.PathLike, *, allow_external_paths: bool = False) -> SubjectManifest:
+    """Load and schema-check a manifest from a subject directory or a ``subject.json`` path
+    (``allow_external_paths``: the user's opt-in to paths outside the subject directory)."""
     p = Path(path)
     if p.is_dir():
         p = p / MANIFEST_NAME
@@ -231,11 +267,13 @@ def load_manifest(path: str | os.PathLike) -> SubjectManifest:
         d = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", path=str(p)) from None
-    check_manifest_json(d, path=str(p))
-    return manifest_from_json(d, p.parent)
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the manifest: {e}", path=str(p)) from None
+    check_manifest_json(d, path=str(p), allow_external_paths=allow_external_paths)
+    return manifest_from_json(d, p.parent, allow_external_paths=allow_external_paths)
 
 
-def manifest_from_json(d: dict[str, Any], root: Path | None) -> SubjectManifest:
+def manifest_from_json(d: dict[str, Any], root: Path | None, *, allow_external_paths: bool = False) -> SubjectManifest:
     """A :class:`SubjectManifest` from a parsed ``subject.json`` that passed :func:`check_manifest_json`
     (``root``: the subject directory its paths resolve against)."""
     return SubjectManifest(
@@ -246,6 +284,7 @@ def manifest_from_json(d: dict[str, Any], root: Path | None) -> SubjectManifest:
         points3d=d.get("points3d"),
         source=d.get("source", {}),
         root=root,
+        allow_external_paths=allow_external_paths,
     )
 
 
@@ -257,7 +296,7 @@ def manifest_bytes(m: SubjectManifest) -> bytes:
 def save_manifest(m: SubjectManifest, subject_dir: str | os.PathLike | None = None) -> Path:
     """Schema-check and write ``subject.json`` atomically into ``subject_dir`` (default ``m.root``)."""
     d = m.to_json()
-    check_manifest_json(d)
+    check_manifest_json(d, allow_external_paths=m.allow_external_paths)
     out_dir = Path(subject_dir) if subject_dir is not None else m.root
     if out_dir is None:
         raise ValueError("save_manifest needs a subject directory (manifest has no root)")

@@ -1,4 +1,10 @@
-"""Small filesystem helpers: write whole directories or files atomically, never half-written."""
+"""Small filesystem helpers: write whole directories or files atomically, never half-written.
+
+File modes: every file written here is created with mode ``0666`` filtered by the process umask
+(``0644`` under the usual umask 022), like any file a user creates -- records, markers,
+``manifest.parquet``, ``summary.json`` and shards alike, so a team can read a shared dataset.
+(``tempfile.mkstemp`` would create ``0600`` files, which then keep that mode after the rename.)
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,12 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from facegs.core.errors import InputError
+
+TMP_MARKER = ".tmp-"  # hidden temporary files are named ".{final name}.tmp-{hex}"
+
+
+def _tmp_name(final_name: str) -> str:
+    return f".{final_name}{TMP_MARKER}{uuid.uuid4().hex[:12]}"
 
 
 @contextlib.contextmanager
@@ -57,10 +69,13 @@ def swap_into_place(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same directory (named
+    ``.{name}.tmp-{hex}``, so interrupted writes are recognised as leftovers) and a rename; the
+    file gets mode ``0666 & ~umask``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = str(path.parent / _tmp_name(path.name))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -71,7 +86,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-TMP_MARKER = ".tmp-"  # hidden temporary files are named ".{final name}.tmp-{hex}"
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
@@ -90,10 +104,6 @@ def _has_deferred_commit(fs: fsspec.AbstractFileSystem) -> bool:
     the staged single-put path.
     """
     return bool({"s3", "s3a"} & set(_protocols(fs))) and type(fs).__module__.startswith("s3fs")
-
-
-def _tmp_name(final_name: str) -> str:
-    return f".{final_name}{TMP_MARKER}{uuid.uuid4().hex[:12]}"
 
 
 @contextlib.contextmanager

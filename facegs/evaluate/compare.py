@@ -9,7 +9,6 @@ the deltas of each against a base checkpoint.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from facegs.core.errors import InputError
+from facegs.core.ids import check_id
 from facegs.core.labels import CANONICAL, get_label_set
 from facegs.evaluate.confusion import ConfusionMatrix
 from facegs.evaluate.metrics import PoseBinnedEvaluator
@@ -37,7 +37,6 @@ REPORT_GROUPS: tuple[str, ...] = ("eyes", "brows", "nose", "mouth", "ears", "ski
 DELTA_KEYS: tuple[str, ...] = ("mean_f1", "miou", "pixel_acc", "overall_f1", "cc_error")
 
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -77,11 +76,9 @@ class EvalResults(dict):
 
 
 def check_name(name: str) -> str:
-    """A checkpoint name must be short and file-name safe: ``[A-Za-z0-9][A-Za-z0-9_.+-]*``, <= 64 chars."""
-    if not NAME_RE.match(name):
-        raise InputError(f"checkpoint name {name!r} must match {NAME_RE.pattern} (used in file names and tables)",
-                         field="name")
-    return name
+    """A checkpoint name becomes part of file names: it follows the identifier rule
+    (:func:`facegs.core.ids.check_id`)."""
+    return check_id(name, what="checkpoint name", field="name")
 
 
 def _load_checkpoint(name: str, src: Any, device: str, label_set: str | None) -> tuple[Any, str]:

@@ -56,6 +56,9 @@ class FactoryConfig(NovelViewConfig):
         "subjects whose ground-truth-free quality score (facegs.factory.quality, in [0, 1]) is below this fail "
         "with the reason instead of being shipped (0 = keep every subject; the score is in every done marker)"))
     head_frame_policy: str = field(default="fallback", metadata=PlacementConfig.__dataclass_fields__["policy"].metadata)
+    allow_external_paths: bool = field(default=False, metadata=opt(
+        "read manifest paths outside a subject's directory (absolute, '..', links out); by default such a subject "
+        "fails. Not part of the config hash: it decides which subjects may be read, not their samples"))
 
     def __post_init__(self) -> None:
         kind = self.labels.split(":", 1)[0]
@@ -100,6 +103,7 @@ def config_hash(cfg: FactoryConfig, parser_sha256: str | None = None) -> str:
     and the parser checkpoint's content hash when labels come from a parser (the same path with
     other weights is another config)."""
     d = cfg.to_dict()
+    d.pop("allow_external_paths")  # which subjects may be read, not what their samples are
     # the resolved fit and render settings, so that a changed library default is a new config
     d["resolved"] = asdict(cfg.refine(0))
     if cfg.label_source == "parser":

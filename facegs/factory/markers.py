@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from facegs.core.hashing import canonical_json
+from facegs.core.ids import safe_id
 from facegs.core.storage import put_bytes_atomic
 from facegs.shards.manifest import merge_manifest
 from facegs.shards.root import DatasetRoot
@@ -66,7 +67,8 @@ def record_failure(root_url: str | DatasetRoot, failure: dict[str, Any],
                    storage_options: dict[str, Any] | None = None) -> None:
     """Write ``failures/{subject_id}.json`` (error type, message, attempts, ...)."""
     root = DatasetRoot.open(root_url, storage_options)
-    put_bytes_atomic(root.fs, root.join(FAILURES_DIR, f"{failure['subject_id']}.json"), canonical_json(failure))
+    name = safe_id(str(failure["subject_id"]))  # never a path outside failures/ (facegs.core.ids)
+    put_bytes_atomic(root.fs, root.join(FAILURES_DIR, f"{name}.json"), canonical_json(failure))
 
 
 def finalize(root_url: str | DatasetRoot, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,9 @@ from facegs.core.hashing import canonical_json
 from facegs.core.storage import put_bytes_atomic
 from facegs.factory.config import FactoryConfig, subject_seed
 from facegs.factory.markers import FAILURES_DIR, SUBJECTS_DIR
-from facegs.factory.sources import stage_subject
+from facegs.factory.sources import stage_subject, subject_dir_name, user_paths
 from facegs.factory.subject import refine
-from facegs.ingest.validate import load_subject
+from facegs.ingest.validate import WARNING, Problem, load_subject
 from facegs.label.views import initial_labels
 from facegs.shards.encode import Sample
 from facegs.shards.root import DatasetRoot
@@ -76,6 +77,7 @@ class SubjectResult:
     fit_metrics: dict[str, Any]
     seconds: dict[str, float]
     device: str
+    warnings: list[str] = field(default_factory=list)  # e.g. images converted to 8-bit RGB (once per subject)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,31 +109,37 @@ def process_subject(
         secs[name] = round(time.perf_counter() - t0 - sum(secs.values()), 3)
 
     root = DatasetRoot.open(root_url, storage_options)
+    warns: list[Problem] = []
     with tempfile.TemporaryDirectory(prefix="facegs-subject-") as tmp:
         local = stage_subject(url, Path(tmp), storage_options=storage_options)
-        m = load_subject(local, min_views=cfg.min_views, check_images=True)
-        sid = m.subject_id
-        seed = subject_seed(cfg, sid)
-        lap("stage")
-        labels = initial_labels(m, cfg.labels, parser=parser, flip_tta=cfg.flip_tta, seed=seed, progress=progress)
-        lap("label")
-        refined = refine(m, cfg.refine(seed), labels=labels, device=device, backend=backend, progress=progress)
-        lap("fit")
-        metrics = refined.metrics
-        q = refined.quality
-        if q["quality"] < cfg.min_quality:
-            terms = ", ".join(f"{k} {q[k]}" for k in ("input_miou", "consensus_confidence", "head_frame_reliability",
-                                                       "ignore_fraction", "psnr"))
-            reasons = "; ".join(refined.head_frame.diagnostics.get("reasons", [])[:3])
-            raise FitError(f"quality {q['quality']:.3f} is below --min-quality {cfg.min_quality:g} ({terms}"
-                           + (f"; head frame: {reasons}" if reasons else "") + ")", subject=sid)
-        samples = refined.samples(chash, cfg.rgb_format, cfg.store_alpha)
-        if crash is not None and crash.subject_id == sid and crash.attempt == attempt:
-            samples = _crash_after(samples, crash)
-        with contextlib.suppress(FileNotFoundError):
-            root.fs.rm_file(root.join(SUBJECTS_DIR, f"{sid}.json"))
-        records = commit_subject(samples, root, sid, maxcount=cfg.maxcount, rgb_format=cfg.rgb_format,
-                                 jpeg_quality=cfg.jpeg_quality)
+        with user_paths(local, url):  # messages name the user's files, not the staged copy
+            m = load_subject(local, min_views=cfg.min_views, check_images=True, name=subject_dir_name(url),
+                             allow_external_paths=cfg.allow_external_paths, warnings=warns)
+            sid = m.subject_id
+            notes = [str(p.to_error().with_path_prefix(str(local), url)) for p in warns if p.severity == WARNING]
+            for note in notes:
+                print(f"[facegs] warning: {note}", file=sys.stderr, flush=True)
+            seed = subject_seed(cfg, sid)
+            lap("stage")
+            labels = initial_labels(m, cfg.labels, parser=parser, flip_tta=cfg.flip_tta, seed=seed, progress=progress)
+            lap("label")
+            refined = refine(m, cfg.refine(seed), labels=labels, device=device, backend=backend, progress=progress)
+            lap("fit")
+            metrics = refined.metrics
+            q = refined.quality
+            if q["quality"] < cfg.min_quality:
+                terms = ", ".join(f"{k} {q[k]}" for k in ("input_miou", "consensus_confidence",
+                                                           "head_frame_reliability", "ignore_fraction", "psnr"))
+                reasons = "; ".join(refined.head_frame.diagnostics.get("reasons", [])[:3])
+                raise FitError(f"quality {q['quality']:.3f} is below --min-quality {cfg.min_quality:g} ({terms}"
+                               + (f"; head frame: {reasons}" if reasons else "") + ")", subject=sid)
+            samples = refined.samples(chash, cfg.rgb_format, cfg.store_alpha)
+            if crash is not None and crash.subject_id == sid and crash.attempt == attempt:
+                samples = _crash_after(samples, crash)
+            with contextlib.suppress(FileNotFoundError):
+                root.fs.rm_file(root.join(SUBJECTS_DIR, f"{sid}.json"))
+            records = commit_subject(samples, root, sid, maxcount=cfg.maxcount, rgb_format=cfg.rgb_format,
+                                     jpeg_quality=cfg.jpeg_quality)
         shards = [{"shard": r.shard, "sha256": r.sha256, "num_samples": r.num_samples} for r in records]
         hd = refined.head_frame.diagnostics
         marker = {"subject_id": sid, "url": url, "config_hash": chash, "shards": shards,
@@ -146,7 +154,7 @@ def process_subject(
             root.fs.rm_file(root.join(FAILURES_DIR, f"{sid}.json"))
         lap("render_and_write")
     return SubjectResult(subject_id=sid, url=url, n_samples=marker["num_samples"], shards=shards,
-                         fit_metrics=metrics, seconds=secs, device=str(device))
+                         fit_metrics=metrics, seconds=secs, device=str(device), warnings=notes)
 
 
 def _crash_after(samples: Iterator[Sample], crash: CrashInjection) -> Iterator[Sample]:

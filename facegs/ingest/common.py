@@ -13,10 +13,12 @@ Conventions of the records (the facegs conventions, see :mod:`facegs`):
   own functions (``calibrateCamera``, ``projectPoints``, ``undistort``) put pixel centres at integer
   coordinates; :func:`k_from_source` and :func:`k_to_opencv` convert (a shift of cx, cy by 0.5).
 - ``world_to_camera`` [4, 4] OpenCV (+x right, +y down, +z forward), ``x_cam = R x_world + t``.
-- ``distortion``: OpenCV coefficients of the SOURCE image (``k1 k2 p1 p2 [k3 [k4 k5 k6]]``, or the
-  four ``cv2.fisheye`` coefficients when ``fisheye``). The writer undistorts with the same ``K``
-  (``cv2.undistort(img, K_cv, dist, newCameraMatrix=K_cv)``), so the manifest keeps ``K`` and
-  records ``distortion: null``.
+- ``distortion``: coefficients of the SOURCE image in ``distortion_model`` -- OpenCV's
+  (``k1 k2 p1 p2 [k3 [k4 k5 k6]]``), ``cv2.fisheye``'s four (``fisheye``), or nerfstudio's
+  ``[k1, k2, k3, k4, p1, p2]`` (``radial4``, :mod:`facegs.ingest.images`). The writer undistorts
+  with the same ``K`` (``cv2.undistort(img, K_cv, dist, newCameraMatrix=K_cv)`` for OpenCV's), so
+  the manifest keeps ``K`` and records ``distortion: null``. A view's mask, when the source has one,
+  is undistorted with the same maps (nearest neighbour) and written to ``masks/<view_id>.png``.
 
 Images land in ``OUT/images/<view_id><ext>``: copied byte for byte when nothing changes them,
 otherwise re-encoded in the source's format (PNG lossless; JPEG quality 95; video frames as PNG).
@@ -36,25 +38,25 @@ import numpy as np
 
 from facegs.core.cameras import rotation_problem
 from facegs.core.errors import InputError
-from facegs.core.imageio import decode_rgb, encode_rgb
+from facegs.core.imageio import decode_rgb, encode_rgb, write_mask
 from facegs.core.labels import CANONICAL
 from facegs.core.manifest import SubjectManifest, View, save_manifest
 from facegs.core.storage import atomic_directory
-from facegs.ingest.images import apply_color_matrix, read_video_frame, undistort
+from facegs.ingest.images import (
+    apply_affine_color,
+    apply_color_matrix,
+    read_nonzero_mask,
+    read_video_frame,
+    undistort,
+    undistort_mask,
+)
 
 PixelCenters = Literal["half", "integer"]
-
-
 PIXEL_CENTERS = ("half", "integer")
-
-
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
-
-
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
-
-
 IMAGES_DIR = "images"
+MASKS_DIR = "masks"
 
 
 POINTS_NAME = "points3d.npz"
@@ -69,8 +71,11 @@ class CaptureView:
 
     ``K`` [3, 3] facegs convention (pixel centres at +0.5) of the source image; ``world_to_camera``
     [4, 4] OpenCV; ``distortion`` OpenCV coefficients of the source image or None;
-    ``color_matrix`` [3, 3] or [3, 4] colour-correction matrix applied to linear sRGB values
-    (``[3, 4]``: the fourth column multiplies a constant 1); ``frame``: frame index when
+    ``color_matrix`` [3, T] NeRSemble v2 colour-correction matrix on linear RGB with T Cheung 2004
+    terms (T = 3: R G B; T = 4: R G B 1; :func:`facegs.ingest.images.apply_color_matrix`);
+    ``color_affine`` [3, 4] or [4, 4] NeRSemble v1 affine correction on gamma-encoded RGB
+    (:func:`facegs.ingest.images.apply_affine_color`); ``mask_path``: a foreground mask of the
+    source image (any non-zero value is foreground, as nerfstudio reads it); ``frame``: frame index when
     ``image_path`` is a video; ``width``/``height``: the size the calibration declares (checked
     against the image; ``size_fields`` name them in errors) or None to accept the image's size.
     """
@@ -84,6 +89,10 @@ class CaptureView:
     width: int | None = None
     height: int | None = None
     color_matrix: np.ndarray | None = None
+    color_affine: np.ndarray | None = None
+    mask_path: Path | None = None
+    distortion_model: str = "opencv"  # "opencv" | "fisheye" | "radial4" (fisheye=True means "fisheye")
+    undistort_K: np.ndarray | None = None  # the K (OpenCV convention) the source's own tools undistort with
     frame: int | None = None
     calib_size: tuple[int, int] | None = None  # (W, H) that K describes, when the image may be scaled
     size_fields: tuple[str, str] = ("width", "height")  # source field names of width / height, for errors
@@ -280,26 +289,49 @@ def _size_checked_K(v: CaptureView, w: int, h: int, subject: str) -> np.ndarray:
     return K
 
 
+def _opencv_K(v: CaptureView, K: np.ndarray) -> np.ndarray | None:
+    """The source tools' own undistortion K, scaled like ``K`` when the image was resized."""
+    if v.undistort_K is None:
+        return None
+    s = K[0, 0] / v.K[0, 0], K[1, 1] / v.K[1, 1]
+    return np.diag([s[0], s[1], 1.0]) @ np.asarray(v.undistort_K, dtype=np.float64)
+
+
 def _process_view(v: CaptureView, subject: str, images_dir: Path) -> View:
-    """Read, check, undistort / colour-correct one view; write its image; return its manifest View."""
+    """Read, check, undistort / colour-correct one view; write its image (and mask); return its View."""
     rgb, data = _load_source_image(v, subject)
     h, w = rgb.shape[:2]
     K = _size_checked_K(v, w, h, subject)
     has_dist = v.distortion is not None and bool(np.any(np.asarray(v.distortion) != 0))
-    transformed = has_dist or v.color_matrix is not None or data is None
+    model = "fisheye" if v.fisheye else v.distortion_model
+    transformed = has_dist or v.color_matrix is not None or v.color_affine is not None or data is None
     ext = v.image_path.suffix.lower()
     if ext not in IMAGE_EXTS:
         ext = ".png"
     name = f"{IMAGES_DIR}/{v.view_id}{ext}"
     if transformed:
         if has_dist:
-            rgb = undistort(rgb, K, np.asarray(v.distortion), v.fisheye)
+            rgb = undistort(rgb, K, np.asarray(v.distortion), v.fisheye, model, opencv_K=_opencv_K(v, K))
+        if v.color_affine is not None:
+            rgb = apply_affine_color(rgb, v.color_affine)
         if v.color_matrix is not None:
             rgb = apply_color_matrix(rgb, v.color_matrix)
         (images_dir.parent / name).write_bytes(encode_rgb(rgb, ext))
     else:
         (images_dir.parent / name).write_bytes(data)  # untouched: copy the original bytes
-    return View(view_id=v.view_id, image=name, width=w, height=h, K=K, world_to_camera=np.array(v.world_to_camera, dtype=np.float64))
+    mask_name = None
+    if v.mask_path is not None:
+        try:
+            mask = read_nonzero_mask(Path(v.mask_path), (w, h)).astype(np.uint8) * 255
+        except InputError as e:
+            raise InputError(e.message, subject=subject, view=v.view_id, field="mask_path", path=e.path) from None
+        if has_dist:
+            mask = undistort_mask(mask, K, np.asarray(v.distortion), v.fisheye, model, opencv_K=_opencv_K(v, K))
+        mask_name = f"{MASKS_DIR}/{v.view_id}.png"
+        (images_dir.parent / MASKS_DIR).mkdir(exist_ok=True)
+        write_mask(images_dir.parent / mask_name, mask >= 128)
+    return View(view_id=v.view_id, image=name, width=w, height=h, K=K, mask=mask_name,
+                world_to_camera=np.array(v.world_to_camera, dtype=np.float64))
 
 
 def write_subject(

@@ -6,10 +6,14 @@ OpenCV's axes, ``{i}_distortion`` OpenCV ``k1 k2 p1 p2 k3``, ``{i}_width``, ``{i
 ``{i}_valid`` (False: the camera parameters are unreliable and the view is skipped) and
 informational ``{i}_matches``, ``{i}_sn``, ``{i}_ori``. Images are ``{i}.jpg`` next to it.
 
-Conventions: FaceScape's own tools undistort with ``cv2.undistort(img, K, dist)``, i.e. ``K`` is in
-OpenCV's integer pixel-centre convention, so by default (``pixel_centers="integer"``) cx and cy are
-shifted by +0.5 into facegs' convention. Units are the rig's (millimetres); they are recorded in
-``source.units`` and kept unless ``scale`` is given (``scale=0.001`` gives metres).
+Conventions: ``K`` is taken with pixel centres at +0.5 by default (``pixel_centers="half"``, used
+unchanged): FaceScape's own mesh overlay renders through pyrender's ``IntrinsicsCamera`` with ``K``
+as given, and its image resizing scales ``K[:2]`` by the image scale, which is exact only for +0.5
+centres (``docs/conventions.md`` weighs this against the toolkit's ``cv2.undistort`` call). Images
+are undistorted exactly as the toolkit does, ``cv2.undistort(img, K, dist)`` with ``K`` as given. Pass
+``"integer"`` for a calibration in OpenCV's integer-centre convention (cx, cy += 0.5). Units are
+the rig's (millimetres); they are recorded in ``source.units`` and kept unless ``scale`` is given
+(``scale=0.001`` gives metres).
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ facescape: one FaceScape multi-view tuple (subject x expression), e.g. IMGS_ROOT
     params.json             "{i}_K" intrinsics (4x4 or 3x3), "{i}_Rt" 3x4 world-to-camera (OpenCV
                             axes), "{i}_distortion" k1 k2 p1 p2 k3, "{i}_width", "{i}_height",
                             "{i}_valid" (views with false are skipped and counted)
-  Images are undistorted (distortion null in the manifest). K is taken as OpenCV's integer
-  pixel-centre convention (--pixel-centers integer, the default for this format). Units stay the
-  rig's millimetres (recorded in source.units) unless --scale is given (0.001: metres)."""
+  Images are undistorted (distortion null in the manifest). K is taken with pixel centres at +0.5,
+  as FaceScape's own renderer uses it (--pixel-centers half, the default; integer for OpenCV-centred
+  calibrations). Units stay the rig's millimetres (recorded in source.units) unless --scale is
+  given (0.001: metres)."""
 
 _KEY = re.compile(r"^(\d+)_([A-Za-z]+)$")
 
@@ -63,7 +68,7 @@ def _as_int(value: Any, *, subject: str, view: str, field: str, path: Path) -> i
 
 
 def parse_params(
-    params: Any, src_dir: Path, *, subject: str, params_path: Path, pixel_centers: PixelCenters = "integer"
+    params: Any, src_dir: Path, *, subject: str, params_path: Path, pixel_centers: PixelCenters = "half"
 ) -> tuple[list[CaptureView], list[str]]:
     """Camera records of the valid views and the ids of the views skipped as invalid."""
     if not isinstance(params, dict):
@@ -111,6 +116,7 @@ def parse_params(
             CaptureView(
                 view_id=vid, image_path=image, K=k_from_source(K, pixel_centers), world_to_camera=w2c,
                 distortion=dist, width=width, height=height, size_fields=(f"{i}_width", f"{i}_height"),
+                undistort_K=K,  # the toolkit's own cv2.undistort(img, K, dist), whichever centre convention
             )
         )
     return views, skipped
@@ -122,7 +128,7 @@ def ingest_facescape(
     *,
     subject_id: str | None = None,
     overwrite: bool = False,
-    pixel_centers: PixelCenters = "integer",
+    pixel_centers: PixelCenters = "half",
     scale: float = 1.0,
     units: str = "mm",
     label_set: str = CANONICAL,

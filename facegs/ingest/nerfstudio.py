@@ -1,21 +1,37 @@
 """Ingest a nerfstudio / instant-NGP style ``transforms.json`` into a facegs subject.
 
-Fields: intrinsics ``fl_x fl_y cx cy w h`` (or ``camera_angle_x`` [``camera_angle_y``] as in the
-Blender NeRF scenes, with the principal point at the image centre), distortion ``k1 k2 k3 k4 p1
-p2``, ``camera_model`` (``OPENCV`` default, ``PINHOLE``, ``SIMPLE_PINHOLE``, ``OPENCV_FISHEYE``); every
-intrinsic may be overridden per frame. ``frames[i].file_path`` is relative to the JSON file;
-``frames[i].transform_matrix`` is CAMERA-TO-WORLD in the OpenGL/Blender camera convention (+x right,
-+y up, +z backward).
+Read as nerfstudio's own ``nerfstudio_dataparser.py`` and ``camera_utils.py`` read it:
+
+- intrinsics ``fl_x fl_y cx cy w h``: a key present at the top level is used for every frame;
+  per-frame values are used only for keys the top level lacks (upstream's ``fx_fixed = "fl_x" in
+  meta``, ...). Blender NeRF scenes give ``camera_angle_x`` [``camera_angle_y``] instead (focal
+  ``0.5 w / tan(0.5 angle)``, principal point at the image centre); a missing ``fl_y`` is ``fl_x``.
+- distortion: when the top level has any of ``k1 k2 k3 p1 p2 distortion_params`` it is used for every
+  frame -- the array ``distortion_params`` (``[k1, k2, k3, k4, p1, p2]``, the order of
+  ``camera_utils.get_distortion_params``) if present, else the named keys (``k4`` included, 0 when
+  absent); otherwise each frame's own ``distortion_params`` or named keys. (As upstream, a top-level
+  ``k4`` alone does not make the distortion shared.)
+- ``camera_model`` is read from the top level only: ``OPENCV`` (default), ``PINHOLE``,
+  ``SIMPLE_PINHOLE``, ``SIMPLE_RADIAL``, ``RADIAL`` are upstream's perspective camera, distorted by
+  radial ``1 + k1 r2 + k2 r2^2 + k3 r2^3 + k4 r2^4`` and tangential ``p1 p2`` terms (a non-zero ``k4``
+  is supported: :func:`facegs.ingest.images.radial4_maps`); ``OPENCV_FISHEYE`` uses ``k1..k4``.
+  Other models (equirectangular, omnidirectional, FISHEYE624, ...) are refused.
+- ``frames[i].file_path`` and ``frames[i].mask_path`` are relative to the JSON file's folder; a mask
+  (one channel, non-zero = foreground, upstream's ``get_image_mask_tensor_from_path``) is given for
+  every frame or none, is undistorted with its image and becomes the view's ``mask``.
+- ``frames[i].transform_matrix`` is CAMERA-TO-WORLD in the OpenGL/Blender camera convention (+x
+  right, +y up, +z backward).
 
 Conversion: ``c2w_cv = c2w_gl @ diag(1, -1, -1, 1)`` (flip the camera's y and z axes), then
 ``world_to_camera = inverse(c2w_cv)``. The world frame is kept as is (an ``applied_transform`` that
 ns-process-data recorded is copied into ``source``).
 
-Pixel convention (assumed): nerfstudio generates rays through ``pixel index + 0.5`` with the given
-cx, cy, i.e. pixel centres at +0.5, the same as facegs and COLMAP (whose cx, cy ns-process-data
-copies unchanged), so ``K = [[fl_x, 0, cx], [0, fl_y, cy], [0, 0, 1]]`` is used unchanged.
-Distortion (radial k1..k3, tangential p1 p2) is undone with ``cv2.undistort`` keeping ``K``;
-nerfstudio's k4 (an r^8 term) has no OpenCV equivalent and is refused unless zero.
+Pixel convention: nerfstudio casts rays through ``pixel index + 0.5`` with the given cx, cy, i.e.
+pixel centres at +0.5, the same as facegs and COLMAP (whose cx, cy ns-process-data copies
+unchanged), so ``K = [[fl_x, 0, cx], [0, fl_y, cy], [0, 0, 1]]`` is used unchanged. Distorted images
+are undistorted keeping ``K`` (``cv2.undistort`` when ``k4`` is 0; nerfstudio's ``r2^4`` term has
+no OpenCV equivalent, so a non-zero ``k4`` is undone by resampling through maps of the upstream
+model).
 """
 
 from __future__ import annotations
@@ -48,15 +64,18 @@ TRANSFORMS_NAME = "transforms.json"
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 LAYOUT = """\
 nerfstudio: a folder with transforms.json (or the JSON file itself):
-    fl_x fl_y cx cy w h [k1 k2 k3 k4 p1 p2] [camera_model: OPENCV | PINHOLE | OPENCV_FISHEYE]
-    (or camera_angle_x for Blender-style scenes), each overridable per frame;
-    frames: [{file_path: relative image path, transform_matrix: 4x4 camera-to-world, OpenGL
-    camera axes (+y up, +z backward)}]
+    fl_x fl_y cx cy w h, distortion k1 k2 k3 k4 p1 p2 or distortion_params [k1 k2 k3 k4 p1 p2],
+    camera_model OPENCV | PINHOLE | OPENCV_FISHEYE (top level only); or camera_angle_x for
+    Blender-style scenes. Top-level intrinsics win over per-frame ones (as nerfstudio reads them);
+    frames: [{file_path: image path, transform_matrix: 4x4 camera-to-world, OpenGL camera axes
+    (+y up, +z backward), optional mask_path: one-channel mask, non-zero = foreground}]
   Converted to OpenCV world-to-camera. cx, cy are taken with pixel centres at +0.5 (nerfstudio
-  offsets pixel indices by 0.5), like facegs. Distorted images are undistorted to the same K."""
+  offsets pixel indices by 0.5), like facegs. Distorted images (and masks) are undistorted to the
+  same K."""
 
-_INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "k1", "k2", "k3", "k4", "p1", "p2", "camera_model",
-                   "camera_angle_x", "camera_angle_y")
+_INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
+_DIST_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+_SHARED_DIST_MARKERS = ("k1", "k2", "k3", "p1", "p2", "distortion_params")  # upstream's distort_fixed test
 _PERSPECTIVE = {"OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"}
 
 
@@ -82,45 +101,59 @@ def _number(d: dict[str, Any], key: str, *, subject: str, view: str, field: str,
     return float(v)
 
 
+def _distortion(src: dict[str, Any], *, prefix: str, ctx: dict[str, Any]) -> np.ndarray:
+    """``[k1, k2, k3, k4, p1, p2]`` from ``distortion_params`` or the named keys of ``src``."""
+    if "distortion_params" in src:
+        return as_matrix(src["distortion_params"], ((6,),), field=f"{prefix}distortion_params", **ctx)
+    return np.array([_number(src, k, field=f"{prefix}{k}", **ctx) if k in src else 0.0 for k in _DIST_KEYS])
+
+
 def _frame_camera(
-    cam: dict[str, Any], image: Path, *, subject: str, view: str, prefix: str, path: Path
-) -> tuple[np.ndarray, np.ndarray | None, bool, int | None, int | None]:
-    """(K, distortion, fisheye, w, h) of one frame from its merged intrinsics ``cam``."""
+    doc: dict[str, Any], fr: dict[str, Any], image: Path, *, subject: str, view: str, prefix: str, path: Path
+) -> tuple[np.ndarray, np.ndarray | None, str, int | None, int | None]:
+    """(K, distortion, distortion model, w, h) of one frame, upstream's precedence (module docstring)."""
     ctx = dict(subject=subject, view=view, path=path)
-    model = cam.get("camera_model", "OPENCV")
+    cam = {k: doc[k] if k in doc else fr[k] for k in _INTRINSIC_KEYS if k in doc or k in fr}
+    where = {k: ("" if k in doc else prefix) for k in cam}
+    model = doc.get("camera_model", "OPENCV")
     if model not in _PERSPECTIVE and model != "OPENCV_FISHEYE":
-        raise InputError(f"unsupported camera_model {model!r}", field=f"{prefix}camera_model", **ctx)
-    w = int(_number(cam, "w", field=f"{prefix}w", **ctx)) if "w" in cam else None
-    h = int(_number(cam, "h", field=f"{prefix}h", **ctx)) if "h" in cam else None
+        raise InputError(f"unsupported camera_model {model!r} (supported: {sorted(_PERSPECTIVE | {'OPENCV_FISHEYE'})})",
+                         field="camera_model", **ctx)
+
+    def num(key: str) -> float:
+        return _number(cam, key, field=f"{where[key]}{key}", **ctx)
+
+    w = int(num("w")) if "w" in cam else None
+    h = int(num("h")) if "h" in cam else None
     if "fl_x" in cam:
-        fx = _number(cam, "fl_x", field=f"{prefix}fl_x", **ctx)
-        fy = _number(cam, "fl_y", field=f"{prefix}fl_y", **ctx) if "fl_y" in cam else fx
+        fx = num("fl_x")
+        fy = num("fl_y") if "fl_y" in cam else fx
     elif "camera_angle_x" in cam:
         if w is None or h is None:  # Blender scenes give no size: read it from the image header
             if not image.is_file():
                 raise InputError("image file does not exist", subject=subject, view=view, field=f"{prefix}file_path", path=str(image))
             w, h = image_size(image)
-        fx = 0.5 * w / math.tan(0.5 * _number(cam, "camera_angle_x", field=f"{prefix}camera_angle_x", **ctx))
-        fy = 0.5 * h / math.tan(0.5 * _number(cam, "camera_angle_y", field=f"{prefix}camera_angle_y", **ctx)) if "camera_angle_y" in cam else fx
+        fx = 0.5 * w / math.tan(0.5 * num("camera_angle_x"))
+        fy = 0.5 * h / math.tan(0.5 * num("camera_angle_y")) if "camera_angle_y" in cam else fx
     else:
         raise InputError("no focal length (fl_x or camera_angle_x)", field=f"{prefix}fl_x", **ctx)
     if "cx" in cam and "cy" in cam:
-        cx = _number(cam, "cx", field=f"{prefix}cx", **ctx)
-        cy = _number(cam, "cy", field=f"{prefix}cy", **ctx)
+        cx, cy = num("cx"), num("cy")
     else:
         if w is None or h is None:
             raise InputError("no principal point (cx, cy) and no image size (w, h)", field=f"{prefix}cx", **ctx)
         cx, cy = w / 2.0, h / 2.0
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-    check_pinhole(K, field=f"{prefix}fl_x", **ctx)
-    coef = {k: _number(cam, k, field=f"{prefix}{k}", **ctx) if k in cam else 0.0 for k in ("k1", "k2", "k3", "k4", "p1", "p2")}
+    check_pinhole(K, field=f"{where.get('fl_x', prefix)}fl_x", **ctx)
+    shared = any(k in doc for k in _SHARED_DIST_MARKERS)
+    d = _distortion(doc if shared else fr, prefix="" if shared else prefix, ctx=ctx)  # k1 k2 k3 k4 p1 p2
+    if not np.any(d):
+        return K, None, "opencv", w, h
     if model == "OPENCV_FISHEYE":
-        dist = np.array([coef["k1"], coef["k2"], coef["k3"], coef["k4"]])
-        return K, (dist if np.any(dist) else None), True, w, h
-    if coef["k4"] != 0.0:
-        raise InputError("k4 (an r^8 radial term) has no OpenCV equivalent", field=f"{prefix}k4", **ctx)
-    dist = np.array([coef["k1"], coef["k2"], coef["p1"], coef["p2"], coef["k3"]])
-    return K, (dist if np.any(dist) else None), False, w, h
+        return K, d[:4], "fisheye", w, h
+    if d[3] != 0.0:
+        return K, d, "radial4", w, h
+    return K, np.array([d[0], d[1], d[4], d[5], d[2]]), "opencv", w, h  # OpenCV order: k1 k2 p1 p2 k3
 
 
 def parse_transforms(doc: Any, *, base: Path, subject: str, path: Path) -> list[CaptureView]:
@@ -133,8 +166,13 @@ def parse_transforms(doc: Any, *, base: Path, subject: str, path: Path) -> list[
         if not isinstance(fr, dict) or not isinstance(fr.get("file_path"), str):
             raise InputError("frame has no 'file_path' string", subject=subject, view=f"#{i}", field=f"frames[{i}].file_path", path=str(path))
         names.append(Path(fr["file_path"]).stem if Path(fr["file_path"]).suffix.lower() in IMAGE_EXTS else Path(fr["file_path"]).name)
+    with_mask = [i for i, fr in enumerate(frames) if "mask_path" in fr]
+    if with_mask and len(with_mask) != len(frames):
+        i = next(i for i in range(len(frames)) if i not in with_mask)
+        raise InputError(f"mask_path is given for {len(with_mask)} of {len(frames)} frames; nerfstudio needs it for "
+                         "every frame or none", subject=subject, view=f"#{i}", field=f"frames[{i}].mask_path",
+                         path=str(path))
     ids = unique_ids(names)
-    shared = {k: doc[k] for k in _INTRINSIC_KEYS if k in doc}
     views = []
     for i, (vid, fr) in enumerate(zip(ids, frames)):
         prefix = f"frames[{i}]."
@@ -145,12 +183,17 @@ def parse_transforms(doc: Any, *, base: Path, subject: str, path: Path) -> list[
             c2w = np.vstack([c2w, [0.0, 0.0, 0.0, 1.0]])
         check_rigid(c2w, subject=subject, view=vid, field=f"{prefix}transform_matrix", path=path)
         image = _resolve_image(base, fr["file_path"])
-        cam = {**shared, **{k: fr[k] for k in _INTRINSIC_KEYS if k in fr}}
-        K, dist, fisheye, w, h = _frame_camera(cam, image, subject=subject, view=vid, prefix=prefix, path=path)
+        K, dist, model, w, h = _frame_camera(doc, fr, image, subject=subject, view=vid, prefix=prefix, path=path)
+        mask = None
+        if "mask_path" in fr:
+            if not isinstance(fr["mask_path"], str) or not fr["mask_path"]:
+                raise InputError("mask_path must be a path", subject=subject, view=vid, field=f"{prefix}mask_path", path=str(path))
+            mask = base / fr["mask_path"]
         views.append(
             CaptureView(
                 view_id=vid, image_path=image, K=K, world_to_camera=gl_c2w_to_cv_w2c(c2w), distortion=dist,
-                fisheye=fisheye, width=w, height=h, size_fields=(f"{prefix}w", f"{prefix}h"),
+                fisheye=model == "fisheye", distortion_model=model, width=w, height=h, mask_path=mask,
+                size_fields=("w" if "w" in doc else f"{prefix}w", "h" if "h" in doc else f"{prefix}h"),
             )
         )
     return views

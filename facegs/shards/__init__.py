@@ -7,6 +7,7 @@ dataset root (local, S3, memory), and a streaming reader for training.
 - :mod:`.schema`: members, metadata (:func:`~.schema.sample_meta`) and the manifest schema.
 - :mod:`.encode`: samples -> member bytes. :mod:`.tar`: reproducible tars. :mod:`.writer`: shards and commits.
 - :mod:`.root`: the dataset root and shard records. :mod:`.scan`: committed records and orphans. :mod:`.manifest`: the merged manifest.
-- :mod:`.tarsafe`: checked tar reading. :mod:`.stages`: reader stages. :mod:`.stream`: :class:`~.stream.ShardDataset`.
+- :mod:`.tarsafe`: checked tar reading. :mod:`.stages`: reader stages. :mod:`.integrity`: shards checked against
+  the manifest while they stream. :mod:`.stream`: :class:`~.stream.ShardDataset`.
 - :mod:`.sheet`: a contact sheet of a dataset's samples.
 """

@@ -15,6 +15,7 @@ import numpy as np
 
 from facegs.core.errors import InputError
 from facegs.core.hashing import canonical_json, to_builtin
+from facegs.core.ids import check_id
 from facegs.core.imageio import encode_gray_png, encode_label_png, encode_rgb, quantize_unit
 from facegs.core.labels import IGNORE_INDEX, get_label_set
 from facegs.shards.schema import (
@@ -75,6 +76,7 @@ def validate_sample(sample: Sample) -> dict[str, Any]:
     Raises :class:`InputError` naming the subject, the key and the field.
     """
     meta = to_builtin(sample.meta)
+    check_id(meta.get("subject_id"), field="subject_id", view=meta.get("key"))  # the identifier rule, in its words
     check_sample_meta(meta)
     subject, key = meta["subject_id"], meta["key"]
 

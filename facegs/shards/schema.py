@@ -28,6 +28,7 @@ import pyarrow as pa
 
 import facegs
 from facegs.core.errors import InputError
+from facegs.core.ids import check_id
 from facegs.core.labels import CANONICAL, get_label_set
 from facegs.core.schemas import load_json_schema
 
@@ -42,9 +43,13 @@ PITCH_EDGES = np.arange(-45.0, 45.0 + 1e-9, 15.0)  # 6 bins
 
 
 def sample_key(subject_id: str, view_index: int) -> str:
-    """WebDataset key of a sample: ``{subject_id}_{view_index:05d}`` (never contains a dot)."""
-    if "." in subject_id or "/" in subject_id:
-        raise ValueError(f"subject id '{subject_id}' must not contain '.' or '/'")
+    """WebDataset key of a sample: ``{subject_id}_{view_index:05d}``; the subject id follows the
+    identifier rule (:func:`facegs.core.ids.check_id`, :class:`InputError` otherwise), so the key
+    never holds a dot or a slash."""
+    check_id(subject_id, field="subject_id")
+    if isinstance(view_index, bool) or not isinstance(view_index, (int, np.integer)) or view_index < 0:
+        raise InputError(f"view index must be a non-negative integer, got {view_index!r}", subject=subject_id,
+                         field="view_index")
     return f"{subject_id}_{int(view_index):05d}"
 
 

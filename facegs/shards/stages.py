@@ -1,13 +1,21 @@
 """The reader's stages: each a small generator over samples, composable, testable without a tar.
 
-``iter_shard_members`` -> :func:`group_by_key` -> (:func:`select_abs_yaw`) -> :func:`shuffle` ->
-:func:`decode_samples` -> :func:`random_hflip` -> :func:`remap_labels`; plus the shard splitting of
-ranks and loader workers (:func:`split_shards`, :func:`per_worker_count`).
+``iter_shard_members`` -> :func:`group_by_key` (both checked against the shard's manifest row by
+:func:`facegs.shards.integrity.iter_verified_samples`) -> (:func:`select_abs_yaw`) -> :func:`shuffle`
+-> :func:`decode_samples` -> :func:`random_hflip` -> :func:`remap_labels`; plus the shard splitting
+of ranks and loader workers (:func:`split_shards`, :func:`per_worker_count`).
+
+Per sample, always (:func:`decode_sample`): the JSON ``key`` and ``subject_id`` agree with the
+  member key, yaw/pitch/roll are finite, the label values lie in the label set, every image's
+  header is checked against the metadata's size and the member pixel cap
+  (:data:`DEFAULT_MAX_MEMBER_PIXELS`) before it is decoded.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -15,10 +23,21 @@ import fsspec
 import numpy as np
 
 from facegs.core.errors import InputError
-from facegs.core.imageio import decode_gray_png, decode_label_png, decode_rgb, dequantize_unit
-from facegs.core.labels import get_label_set, mapping_lut
-from facegs.shards.schema import RGB_FIELDS
+from facegs.core.imageio import (
+    ImageHeader,
+    check_pixels,
+    decode_gray_png,
+    decode_label_png,
+    decode_rgb,
+    dequantize_unit,
+    read_header,
+)
+from facegs.core.labels import IGNORE_INDEX, get_label_set, mapping_lut
+from facegs.shards.schema import OPTIONAL_FIELDS, RGB_FIELDS, SAMPLE_FIELDS, sample_key
 from facegs.shards.tarsafe import DEFAULT_MAX_MEMBER_BYTES, iter_tar_members
+
+log = logging.getLogger(__name__)
+
 
 RawSample = dict[str, Any]  # "__key__", "__shard__", and field -> bytes
 
@@ -26,9 +45,16 @@ RawSample = dict[str, Any]  # "__key__", "__shard__", and field -> bytes
 Decoded = dict[str, Any]
 
 
+DEFAULT_MAX_MEMBER_PIXELS = 4096 * 4096  # a shard image is a training sample, never near this
+
+
+KNOWN_FIELDS = tuple(sorted((*RGB_FIELDS, *SAMPLE_FIELDS, *OPTIONAL_FIELDS), key=len, reverse=True))  # longest first
+
+
 def iter_shard_members(fs: fsspec.AbstractFileSystem, path: str, shard: str,
                        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[tuple[str, bytes]]:
-    """Yield checked ``(member name, bytes)`` of one shard opened through fsspec."""
+    """Yield checked ``(member name, bytes)`` of one shard opened through fsspec (not verified
+    against the manifest: :func:`iter_verified_samples` does that)."""
     try:
         f = fs.open(path, "rb")
     except FileNotFoundError:
@@ -49,8 +75,9 @@ def split_member_name(name: str) -> tuple[str, str]:
 def group_by_key(members: Iterable[tuple[str, bytes]], shard: str) -> Iterator[RawSample]:
     """Stage: group consecutive members sharing a key into raw samples (field -> bytes).
 
-    Raises :class:`InputError` naming the shard for a field repeated within a sample or a key that
-    reappears after its run ended (WebDataset needs a sample's members to be adjacent).
+    Raises :class:`InputError` naming the shard for a field repeated within a sample, a key that
+    reappears after its run ended (WebDataset needs a sample's members to be adjacent), and a key
+    with a dot (named whole: ``a.b_00000.seg.png`` is key ``a.b_00000``, not ``a``).
     """
     cur: RawSample | None = None
     seen: set[str] = set()
@@ -58,6 +85,11 @@ def group_by_key(members: Iterable[tuple[str, bytes]], shard: str) -> Iterator[R
         key, fld = split_member_name(name)
         if not fld:
             raise InputError(f"member {name!r} has no field extension", path=shard)
+        if fld not in KNOWN_FIELDS:
+            whole = next((name[: -len(f) - 1] for f in KNOWN_FIELDS if name.endswith("." + f)), None)
+            if whole is not None:
+                raise InputError(f"sample key {whole!r} (member {name!r}) has a dot; keys follow the identifier "
+                                 "rule (docs/conventions.md)", view=whole, path=shard)
         if cur is None or key != cur["__key__"]:
             if cur is not None:
                 seen.add(cur["__key__"])
@@ -94,10 +126,65 @@ def shuffle(samples: Iterable[Any], bufsize: int, rng: np.random.Generator, init
         yield buf.pop()
 
 
-def decode_sample(raw: RawSample) -> Decoded:
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name} (NaN and infinities are not JSON)")
+
+
+def _image_header(data: bytes, where: str, w: int, h: int, max_pixels: int, key: str, fld: str,
+                  shard: str) -> ImageHeader:
+    """Check a member image's header (size, pixel cap) before it is decoded; returns it."""
+    try:
+        hdr = read_header(data, where)
+        check_pixels(hdr, where, max_pixels, "shard image")
+    except InputError as e:
+        raise InputError(e.message, view=key, field=fld, path=shard) from None
+    if (hdr.width, hdr.height) != (w, h):
+        raise InputError(f"image is {hdr.width}x{hdr.height} but the metadata says {w}x{h}", view=key, field=fld,
+                         path=shard)
+    return hdr
+
+
+def check_meta(meta: Any, key: str, shard: str) -> tuple[int, int]:
+    """The metadata checks a reader makes on every sample; returns (width, height).
+
+    The JSON must be an object whose ``key`` is the member key, whose ``subject_id`` and
+    ``view_index`` make that key (:func:`facegs.shards.schema.sample_key`), with a known label set,
+    finite yaw/pitch/roll and a positive integer width and height.
+    """
+    def bad(msg: str, fld: str) -> InputError:
+        return InputError(msg, view=key, field=f"json.{fld}", path=shard)
+
+    if not isinstance(meta, dict):
+        raise bad(f"metadata must be a JSON object, got {type(meta).__name__}", "<root>")
+    if meta.get("key") != key:
+        raise bad(f"metadata key {meta.get('key')!r} differs from the member key {key!r}", "key")
+    try:
+        want = sample_key(meta.get("subject_id"), meta.get("view_index"))  # type: ignore[arg-type]
+    except (InputError, TypeError, ValueError) as e:
+        raise bad(f"subject_id / view_index do not make a sample key: {e}", "subject_id") from None
+    if want != key:
+        raise bad(f"subject_id {meta.get('subject_id')!r} and view_index {meta.get('view_index')!r} make key "
+                  f"{want!r}, not the member key {key!r}", "subject_id")
+    for angle in ("yaw", "pitch", "roll"):
+        v = meta.get(angle)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise bad(f"{angle} must be a finite number of degrees, got {v!r}", angle)
+    try:
+        get_label_set(meta.get("label_set"))
+    except (KeyError, TypeError, ValueError):
+        raise bad(f"unknown label set {meta.get('label_set')!r}", "label_set") from None
+    w, h = meta.get("width"), meta.get("height")
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in (w, h)):
+        raise bad(f"width and height must be positive integers, got {w!r} x {h!r}", "width")
+    return int(w), int(h)
+
+
+def decode_sample(raw: RawSample, max_pixels: int = DEFAULT_MAX_MEMBER_PIXELS) -> Decoded:
     """Decode one raw sample (see the module docstring for the output dict).
 
-    Raises :class:`InputError` naming the shard, key and field for a missing or corrupt member.
+    Raises :class:`InputError` naming the shard, key and field for a missing or corrupt member,
+    metadata that disagrees with the key (:func:`check_meta`), an image over ``max_pixels`` or of
+    another size than the metadata says, and label values outside the label set.
     """
     key, shard = raw["__key__"], raw.get("__shard__", "<stream>")
     where = f"{shard}:{key}"
@@ -109,26 +196,37 @@ def decode_sample(raw: RawSample) -> Decoded:
                          f"needs exactly one of jpg/png and seg.png, conf.png, ignore.png, json",
                          view=key, field=fld, path=shard)
     try:
-        meta = json.loads(raw["json"])
-    except ValueError as e:
+        meta = json.loads(raw["json"], parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as e:
         raise InputError(f"metadata is not JSON: {e}", view=key, field="json", path=shard) from None
+    w, h = check_meta(meta, key, shard)
+    images = [rgb_fields[0], "seg.png", "conf.png", "ignore.png"] + (["alpha.png"] if "alpha.png" in raw else [])
+    hdr = {fld: _image_header(raw[fld], f"{where}.{fld}", w, h, max_pixels, key, fld, shard) for fld in images}
+    rf = rgb_fields[0]
     out = {
         "__key__": key,
         "__shard__": shard,
-        "rgb": decode_rgb(raw[rgb_fields[0]], f"{where}.{rgb_fields[0]}"),
-        "seg": decode_label_png(raw["seg.png"], f"{where}.seg.png"),
-        "conf": dequantize_unit(decode_gray_png(raw["conf.png"], f"{where}.conf.png")),
-        "ignore": decode_gray_png(raw["ignore.png"], f"{where}.ignore.png") >= 128,
-        "alpha": dequantize_unit(decode_gray_png(raw["alpha.png"], f"{where}.alpha.png")) if "alpha.png" in raw else None,
+        "rgb": decode_rgb(raw[rf], f"{where}.{rf}", max_pixels=max_pixels, header=hdr[rf]),
+        "seg": decode_label_png(raw["seg.png"], f"{where}.seg.png", header=hdr["seg.png"]),
+        "conf": dequantize_unit(decode_gray_png(raw["conf.png"], f"{where}.conf.png", header=hdr["conf.png"])),
+        "ignore": decode_gray_png(raw["ignore.png"], f"{where}.ignore.png", header=hdr["ignore.png"]) >= 128,
+        "alpha": (dequantize_unit(decode_gray_png(raw["alpha.png"], f"{where}.alpha.png", header=hdr["alpha.png"]))
+                  if "alpha.png" in raw else None),
         "meta": meta,
         "hflip": False,
     }
-    h, w = out["rgb"].shape[:2]
-    for fld in ("seg", "conf", "ignore", "alpha"):
-        if out[fld] is not None and out[fld].shape != (h, w):
-            raise InputError(f"{fld} is {list(out[fld].shape)}, image is {[h, w]}", view=key, field=fld, path=shard)
+    for fld in ("rgb", "seg", "conf", "ignore", "alpha"):
+        if out[fld] is not None and out[fld].shape[:2] != (h, w):
+            raise InputError(f"{fld} is {list(out[fld].shape)}, the metadata says {[h, w]}", view=key, field=fld,
+                             path=shard)
+    n_cls = get_label_set(meta["label_set"]).num_classes
+    seg = out["seg"]
+    if seg.size and int(seg.max()) >= n_cls:
+        bad = np.unique(seg[(seg >= n_cls) & (seg != IGNORE_INDEX)])
+        if bad.size:
+            raise InputError(f"label values {bad.tolist()[:8]} are outside label set '{meta['label_set']}' "
+                             f"(0..{n_cls - 1}, {IGNORE_INDEX} = ignore)", view=key, field="seg.png", path=shard)
     return out
-
 
 
 def select_abs_yaw(raws: Iterable[RawSample], lo: float, hi: float,
@@ -154,10 +252,17 @@ def select_abs_yaw(raws: Iterable[RawSample], lo: float, hi: float,
                                  path=r.get("__shard__"), field="abs_yaw_range")
 
 
-def decode_samples(raws: Iterable[RawSample]) -> Iterator[Decoded]:
-    """Stage: :func:`decode_sample` over raw samples."""
+def decode_samples(raws: Iterable[RawSample], max_pixels: int = DEFAULT_MAX_MEMBER_PIXELS,
+                   skip_bad: bool = False) -> Iterator[Decoded]:
+    """Stage: :func:`decode_sample` over raw samples; ``skip_bad`` logs and drops a sample that fails
+    its checks instead of raising."""
     for r in raws:
-        yield decode_sample(r)
+        try:
+            yield decode_sample(r, max_pixels)
+        except InputError as e:
+            if not skip_bad:
+                raise
+            log.warning("skipping sample %s: %s", r.get("__key__"), e)
 
 
 def hflip_meta(meta: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,13 @@ Shards are opened with fsspec (local, ``s3://``, ``memory://``, ...) as file obj
 sequentially; there is no ``gopen`` and never a ``pipe:`` URL. Every tar member is checked by
 :mod:`facegs.shards.tarsafe` (no absolute paths, no ``..``, no links or devices, no oversized members).
 
+What a reader trusts: the shard paths (from the manifest or given) are relative paths inside the
+dataset root (``shards=['../x']`` is refused); with ``verify=True`` (the default) every shard must
+be a row of ``manifest.parquet``, no sample key may appear in two rows, and each shard is checked
+against its row while it streams (sha256, bytes and sample count, :mod:`facegs.shards.integrity`);
+every sample's metadata, label values and image sizes are checked as it is decoded
+(:func:`facegs.shards.stages.decode_sample`, images over ``max_pixels`` refused from their header).
+
 A decoded sample is a dict:
 
 - ``__key__`` (str), ``__shard__`` (shard path relative to the root),
@@ -55,20 +62,23 @@ from typing import Any, Literal
 
 import fsspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from facegs.core.errors import InputError
+from facegs.core.ids import relative_path_problem
 from facegs.core.labels import get_label_set
+from facegs.shards.integrity import ShardExpectation, iter_verified_samples
 from facegs.shards.manifest import read_manifest
-from facegs.shards.root import DatasetRoot
+from facegs.shards.root import DATASET_MANIFEST, DatasetRoot
 from facegs.shards.stages import (
+    DEFAULT_MAX_MEMBER_PIXELS,
     Decoded,
     RawSample,
     decode_samples,
-    group_by_key,
-    iter_shard_members,
     per_worker_count,
     random_hflip,
     remap_labels,
@@ -108,7 +118,13 @@ class ShardDataset(IterableDataset):
         abs_yaw_range: ``(lo, hi)`` degrees: only samples with ``lo <= |yaw| <= hi`` are read (e.g.
             ``(30, 90)`` to train on the extreme poses of a render set while an original labelled
             set covers frontal views). With ``resampled=True`` the ``epoch_length`` counts kept samples.
-        on_error: "raise" (default) or "skip" (log and skip the rest of a bad shard).
+        on_error: "raise" (default) or "skip" (log and skip the rest of a bad shard, or a sample that
+            fails its checks).
+        verify: check every shard against its manifest row while it streams (sha256, bytes, sample
+            count; see the module docstring). ``False`` reads shards the manifest does not list,
+            unchecked (the per-sample checks stay on).
+        max_pixels: largest image (width x height) a sample member may declare; refused from the
+            header, before decoding.
     """
 
     def __init__(
@@ -130,6 +146,8 @@ class ShardDataset(IterableDataset):
         max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
         on_error: Literal["raise", "skip"] = "raise",
         abs_yaw_range: tuple[float, float] | None = None,
+        verify: bool = True,
+        max_pixels: int = DEFAULT_MAX_MEMBER_PIXELS,
     ) -> None:
         super().__init__()
         if abs_yaw_range is not None:
@@ -148,9 +166,24 @@ class ShardDataset(IterableDataset):
             get_label_set(target_label_set)  # fail early on an unknown name
         self.root_url = root_url
         self.storage_options = dict(storage_options or {})
-        if shards is None:
-            shards = read_manifest(root_url, self.storage_options).column("shard").to_pylist()
-        self.shards = list(shards)
+        self.verify, self.max_pixels = bool(verify), int(max_pixels)
+        table = read_manifest(root_url, self.storage_options) if (shards is None or verify) else None
+        if table is not None:
+            check_manifest_table(table, root_url)
+        self.shards = list(table.column("shard").to_pylist() if shards is None and table is not None else shards or [])
+        for rel in self.shards:
+            if (why := relative_path_problem(rel)) is not None:
+                raise InputError(f"shard path {rel!r} {why}: a reader only reads shards inside its dataset root",
+                                 path=root_url)
+        self._expect: dict[str, ShardExpectation] = {}
+        if verify and table is not None:
+            rows = {r: ShardExpectation(int(n), int(b), str(h)) for r, n, b, h in zip(
+                *(table.column(c).to_pylist() for c in ("shard", "num_samples", "num_bytes", "sha256")))}
+            missing = [rel for rel in self.shards if rel not in rows]
+            if missing:
+                raise InputError(f"{len(missing)} shard(s) are not rows of {DATASET_MANIFEST}, so they cannot be verified "
+                                 f"(e.g. {missing[0]!r}); pass verify=False to read them unchecked", path=root_url)
+            self._expect = {rel: rows[rel] for rel in self.shards}
         self.rank, self.world_size = rank, world_size
         self.shuffle_shards, self.shuffle_buffer, self.seed = shuffle_shards, shuffle_buffer, seed
         self.resampled, self.epoch_length = resampled, epoch_length
@@ -180,7 +213,7 @@ class ShardDataset(IterableDataset):
         for rel in shards:
             got = False
             try:
-                for raw in group_by_key(iter_shard_members(fs, f"{root}/{rel}", rel, self.max_member_bytes), rel):
+                for raw in iter_verified_samples(fs, f"{root}/{rel}", rel, self._expect.get(rel), self.max_member_bytes):
                     got = True
                     yield raw
             except InputError as e:
@@ -211,7 +244,7 @@ class ShardDataset(IterableDataset):
         if self.abs_yaw_range is not None:
             stream = select_abs_yaw(stream, *self.abs_yaw_range)
         stream = shuffle(stream, self.shuffle_buffer, rng)
-        stream = decode_samples(stream)
+        stream = decode_samples(stream, self.max_pixels, skip_bad=self.on_error == "skip")
         if self.flip_prob > 0:
             stream = random_hflip(stream, self.flip_prob, np.random.default_rng([self.seed, self.epoch, rank, worker, 2]))
         stream = remap_labels(stream, self.target_label_set)
@@ -228,6 +261,22 @@ class ShardDataset(IterableDataset):
                     return
         else:
             yield from stream
+
+
+def check_manifest_table(table: pa.Table, root_url: str) -> None:
+    """What a reader checks of ``manifest.parquet`` itself: shard paths inside the root, each shard
+    listed once, no sample key in two rows (:class:`InputError` naming an example)."""
+    shards = table.column("shard")
+    if pc.count_distinct(shards).as_py() != len(shards):
+        dup = next(c["values"] for c in pc.value_counts(shards).to_pylist() if c["counts"] > 1)
+        raise InputError(f"shard {dup!r} is listed more than once", path=f"{root_url}/{DATASET_MANIFEST}")
+    keys = pc.list_flatten(table.column("keys"))
+    if len(keys) and pc.count_distinct(keys).as_py() != len(keys):
+        counts = pc.value_counts(keys)
+        dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+        where = [r["shard"] for r in table.select(["shard", "keys"]).to_pylist() if dup in r["keys"]]
+        raise InputError(f"sample key {dup!r} appears in more than one shard ({', '.join(where[:4])}); every key must be "
+                         "unique in a dataset", path=f"{root_url}/{DATASET_MANIFEST}")
 
 
 def to_tensor(sample: Decoded) -> dict[str, Any]:

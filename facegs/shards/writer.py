@@ -53,6 +53,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from facegs.core.errors import InputError
+from facegs.core.ids import check_id
 from facegs.core.storage import open_atomic
 from facegs.shards.encode import EncodedSample, Sample, encode_samples
 from facegs.shards.root import RECORDS_DIR, SHARDS_DIR, DatasetRoot, ShardRecord, make_record, write_record
@@ -110,8 +111,7 @@ def write_shards(
     visible) and the exception propagates; shards finished before stay (committed if their record
     was written). Returns the records of the shards written, in order.
     """
-    if "." in prefix or "/" in prefix or not prefix:
-        raise ValueError(f"shard prefix '{prefix}' must be non-empty without '.' or '/'")
+    check_id(prefix, what="shard prefix", field="prefix")  # the identifier rule (facegs.core.ids)
     if maxcount < 1 or maxsize < 1:
         raise ValueError("maxcount and maxsize must be >= 1")
     root = DatasetRoot.open(root_url, storage_options)
