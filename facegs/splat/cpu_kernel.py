@@ -52,7 +52,7 @@ _STATE: dict[str, object] = {}  # "lib": path of the loaded library, or "error":
 
 
 def _cflags() -> list[str]:
-    flags = ["-O3", "-DNDEBUG", "-fopenmp-simd", "-ffp-contract=fast"]
+    flags = ["-O3", "-DNDEBUG", "-fopenmp-simd", "-ffp-contract=fast", "-Wno-psabi"]
     if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64"):
         flags.append("-march=native")  # built on the machine that runs it (the hash covers the CPU)
     return flags

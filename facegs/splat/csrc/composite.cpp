@@ -5,13 +5,15 @@
 //   means2d [I*N, 2], conics [I*N, 3] (a, b, c), opacities [I*N], colors [I*N, D], all float32;
 //   flatten_ids [M] int32 (sorted by image, tile, depth), isect_offsets [I*th*tw] int32.
 //   Pixel centre (x + 0.5, y + 0.5); d = mean2d - pixel; sigma = 0.5 (a dx^2 + c dy^2) + b dx dy;
-//   raw = opacity exp(-sigma) (evaluated as exp(log opacity - sigma)); alpha = min(0.999, raw), or 0 unless raw > 1/255; front to back,
-//   stop before the Gaussian that takes T to <= 1e-4.
+//   raw = opacity exp(-sigma) (evaluated as exp(log opacity - sigma), as the torch path);
+//   alpha = min(0.999, raw), or 0 unless raw > 1/255; front to back, stop before the Gaussian that
+//   takes T to <= 1e-4.
 //
-// Vectorisation: inside a tile the pixels are the SIMD axis (Gaussian-outer, pixel-inner loops over
-// P = tile_size^2 pixels, per-tile buffers channel-major [D][P]), so the D-channel work of one
-// Gaussian is an outer product that the compiler vectorises; exp is a Cephes-style polynomial that
-// vectorises too (max error ~2 ulp; std::exp would not vectorise without -ffast-math).
+// Vectorisation: inside a tile the pixels are the SIMD axis (Gaussian-outer, pixel-inner: alpha,
+// transmittance and the per-pixel gradient terms of 16 pixels at a time, in GCC/Clang vector
+// extensions, so the same source compiles to AVX-512, AVX2, SSE or NEON); exp is a Cephes-style
+// polynomial (max error ~2 ulp). The D-channel work runs only at the pixels a Gaussian reached
+// (about 1 pixel-Gaussian pair in 6 on a face scene), over pixel-major rows [P][D].
 //
 // Threads: tiles are independent; each thread takes the next tile (largest first) from an atomic
 // counter, and every output element is written by exactly one tile, so results do not depend on
@@ -46,51 +48,110 @@ constexpr float kTransmittanceStop = 1e-4f;
 constexpr float kMinExponent = -30.0f;
 constexpr int64_t kPrefetchAhead = 12;  // intersections
 
+// ---- SIMD over pixels: GCC/Clang vector extensions (SSE, AVX2, AVX-512 or NEON, as compiled) ----
+#if defined(__AVX512F__)
+constexpr int64_t L = 16;  // lanes (pixels) per vector, the machine's native width; P is padded to a multiple
+#elif defined(__AVX__)
+constexpr int64_t L = 8;
+#else
+constexpr int64_t L = 4;  // SSE, NEON
+#endif
+typedef float V __attribute__((vector_size(4 * L)));
+typedef int32_t VI __attribute__((vector_size(4 * L)));
+
+static inline V vld(const float* p) { V v; std::memcpy(&v, p, sizeof v); return v; }
+static inline VI vldi(const int32_t* p) { VI v; std::memcpy(&v, p, sizeof v); return v; }
+static inline void vst(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+static inline void vsti(int32_t* p, VI v) { std::memcpy(p, &v, sizeof v); }
+static inline V vset(float x) { return V{} + x; }
+static inline VI vseti(int32_t x) { return VI{} + x; }
+static inline V vsel(VI m, V a, V b) { return (V)(((VI)a & m) | ((VI)b & ~m)); }  // m ? a : b
+static inline VI vseli(VI m, VI a, VI b) { return (a & m) | (b & ~m); }
+static inline V vmax(V a, V b) { return vsel(a > b, a, b); }
+static inline V vmin(V a, V b) { return vsel(a < b, a, b); }
+static inline float hsum(V v) {  // fixed order: a pairwise tree over the lanes
+  float a[L];
+  std::memcpy(a, &v, sizeof v);
+  for (int64_t w = L / 2; w >= 1; w /= 2) {
+    for (int64_t i = 0; i < w; ++i) a[i] += a[i + w];
+  }
+  return a[0];
+}
+static inline bool vany(VI m) {
+  int32_t r = 0;
+  for (int64_t i = 0; i < L; ++i) r |= m[i];
+  return r != 0;
+}
+static inline bool vall(VI m) {
+  int32_t r = -1;
+  for (int64_t i = 0; i < L; ++i) r &= m[i];
+  return r != 0;
+}
+
 // exp(x), Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial, 2^n from the exponent
-// bits. Inputs are clamped to [-87, 88] (normal range).
-static inline float fexp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  // n = round(x / ln2) by the 1.5 * 2^23 trick (plain arithmetic: vectorises, unlike floorf)
-  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - n * 0.693359375f;
+// bits; inputs clamped to [-87, 88] (normal range). Max error ~2 ulp (the torch path's exp: ~1 ulp).
+static inline V vexp(V x) {
+  x = vmin(vmax(x, vset(-87.0f)), vset(88.0f));
+  const V n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2): 1.5 * 2^23
+  V r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
-  float z = r * r;
-  float y = 1.9875691500e-4f;
+  const V z = r * r;
+  V y = vset(1.9875691500e-4f);
   y = y * r + 1.3981999507e-3f;
   y = y * r + 8.3334519073e-3f;
   y = y * r + 4.1665795894e-2f;
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * z + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(float));
-  return y * scale;
+  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+  return y * (V)bits;
 }
 
+// raw = exp(max(log opacity - sigma, -30)) and alpha = min(raw, 0.999) where raw > 1/255 (else 0).
+struct Splat {
+  float mx, my, a, b, c, log_op;
+  inline void alpha(V px, V py, V& dx, V& dy, V& raw, V& alpha, VI& keep) const {
+    dx = mx - px, dy = my - py;
+    const V sigma = 0.5f * (a * dx * dx + c * dy * dy) + b * dx * dy;
+    raw = vexp(vmax(log_op - sigma, vset(kMinExponent)));
+    keep = raw > kAlphaThreshold;
+    alpha = vsel(keep, vmin(raw, vset(kMaxAlpha)), vset(0.0f));
+  }
+};
+
 struct Scene {
-  const float* means2d;
-  const float* conics;
+  const Splat* splats;  // [I*N] packed per projected Gaussian (one cache line holds 2.7 of them)
   const float* opac;
   const float* colors;
   const int32_t* fid;
   const int32_t* offsets;
   int64_t n_images, D, width, height, ts, tw, th, M;
+  int64_t P() const { return ts * ts; }
+  int64_t Pp() const { return (P() + L - 1) / L * L; }
   int64_t n_tiles() const { return n_images * tw * th; }
+  int64_t begin(int64_t t) const { return offsets[t]; }
+  int64_t end(int64_t t) const { return t + 1 < n_tiles() ? offsets[t + 1] : M; }
   // Gaussians are visited in depth order, i.e. at random addresses: fetch a later one's data early.
   void prefetch(int64_t k, int64_t end) const {
     if (k >= end) return;
     const int64_t g = fid[k];
-    __builtin_prefetch(means2d + 2 * g);
-    __builtin_prefetch(conics + 3 * g);
-    __builtin_prefetch(opac + g);
+    __builtin_prefetch(splats + g);
     for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(colors + g * D + d);
     __builtin_prefetch(colors + g * D + D - 1);
   }
-  int64_t begin(int64_t t) const { return offsets[t]; }
-  int64_t end(int64_t t) const { return t + 1 < n_tiles() ? offsets[t + 1] : M; }
 };
+
+// Splats from means2d [I*N, 2], conics [I*N, 3], opacities [I*N].
+std::vector<Splat> pack_splats(const float* means2d, const float* conics, const float* opac, int64_t n) {
+  std::vector<Splat> out(n);
+  at::parallel_for(0, n, 4096, [&](int64_t lo, int64_t hi) {
+    for (int64_t g = lo; g < hi; ++g) {
+      out[g] = Splat{means2d[2 * g], means2d[2 * g + 1], conics[3 * g], conics[3 * g + 1], conics[3 * g + 2],
+                     std::log(std::max(opac[g], 1e-30f))};
+    }
+  });
+  return out;
+}
 
 // Tiles ordered by decreasing number of intersections (ties: tile index), for a balanced schedule.
 std::vector<int64_t> tile_order(const Scene& s) {
@@ -116,25 +177,25 @@ void for_each_tile(const Scene& s, const std::vector<int64_t>& order, Fn fn) {
   });
 }
 
-// Pixel positions and the in-image mask of one tile.
+// Pixel centres of one tile, padded to Pp; inside[p] = -1 for pixels in the image, else 0.
 struct TilePixels {
   int64_t image, x0, y0;
   void init(const Scene& s, int64_t t, float* px, float* py, int32_t* inside) {
-    const int64_t per_image = s.tw * s.th;
+    const int64_t per_image = s.tw * s.th, local = t % per_image;
     image = t / per_image;
-    const int64_t local = t % per_image;
     x0 = (local % s.tw) * s.ts;
     y0 = (local / s.tw) * s.ts;
-    for (int64_t p = 0; p < s.ts * s.ts; ++p) {
+    for (int64_t p = 0; p < s.Pp(); ++p) {
       const int64_t x = x0 + p % s.ts, y = y0 + p / s.ts;
       px[p] = static_cast<float>(x) + 0.5f;
       py[p] = static_cast<float>(y) + 0.5f;
-      inside[p] = x < s.width && y < s.height;
+      inside[p] = (p < s.P() && x < s.width && y < s.height) ? -1 : 0;
     }
   }
+  int64_t pixel(const Scene& s, int64_t p) const { return (image * s.height + y0 + p / s.ts) * s.width + x0 + p % s.ts; }
 };
 
-// bits[p / 64] bit p % 64 set where w[p] != 0 (the pixels a Gaussian reached), P <= 64 * n_words.
+// bits[p / 64] bit p % 64 set where w[p] != 0 (the pixels a Gaussian reached); P a multiple of L.
 static inline void nonzero_bits(const float* w, int64_t P, uint64_t* bits) {
   for (int64_t i = 0; i < (P + 63) / 64; ++i) bits[i] = 0;
   int64_t p = 0;
@@ -165,61 +226,59 @@ struct FwdBuffers {
   std::vector<int32_t> inside, done, last;
   std::vector<uint64_t> bits;
   explicit FwdBuffers(const Scene& s) {
-    const int64_t P = s.ts * s.ts;
-    px.resize(P), py.resize(P), T.resize(P), w.resize(P), acc.resize(P * s.D);
-    inside.resize(P), done.resize(P), last.resize(P), bits.resize((P + 63) / 64);
+    const int64_t Pp = s.Pp();
+    px.resize(Pp), py.resize(Pp), T.resize(Pp), w.resize(Pp), acc.resize(Pp * s.D);
+    inside.resize(Pp), done.resize(Pp), last.resize(Pp), bits.resize((Pp + 63) / 64);
   }
 };
 
 void forward_tile(const Scene& s, int64_t t, FwdBuffers& b, float* out, float* out_T, int32_t* out_last) {
-  const int64_t P = s.ts * s.ts, D = s.D;
+  const int64_t Pp = s.Pp(), D = s.D;
   float *px = b.px.data(), *py = b.py.data(), *T = b.T.data(), *w = b.w.data(), *acc = b.acc.data();
   int32_t *inside = b.inside.data(), *done = b.done.data(), *last = b.last.data();
-  uint64_t* bits = b.bits.data();
   TilePixels tp;
   tp.init(s, t, px, py, inside);
-  for (int64_t p = 0; p < P; ++p) T[p] = 1.0f, done[p] = !inside[p], last[p] = 0;
+  for (int64_t p = 0; p < Pp; ++p) T[p] = 1.0f, done[p] = ~inside[p], last[p] = 0;
   std::fill(b.acc.begin(), b.acc.end(), 0.0f);  // pixel-major [P][D]
   const int64_t k0 = s.begin(t), k1 = s.end(t);
   for (int64_t k = k0; k < k1; ++k) {
     const int64_t g = s.fid[k];
     s.prefetch(k + kPrefetchAhead, k1);
-    const float mx = s.means2d[2 * g], my = s.means2d[2 * g + 1];
-    const float ca = s.conics[3 * g], cb = s.conics[3 * g + 1], cc = s.conics[3 * g + 2];
-    const float op = s.opac[g], log_op = std::log(std::max(op, 1e-30f));
-    int32_t any = 0, all_done = 1;
-#pragma omp simd reduction(| : any) reduction(& : all_done)
-    for (int64_t p = 0; p < P; ++p) {
-      const float dx = mx - px[p], dy = my - py[p];
-      const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-      const float raw = fexp(std::max(log_op - sigma, kMinExponent));
-      const float alpha = raw > kAlphaThreshold ? (raw < kMaxAlpha ? raw : kMaxAlpha) : 0.0f;
-      const float next_T = T[p] * (1.0f - alpha);
-      const int32_t contrib = !done[p] && alpha > 0.0f;
-      const int32_t stop = contrib && next_T <= kTransmittanceStop;
-      const int32_t use = contrib && !stop;
-      done[p] = done[p] | stop;
-      w[p] = use ? alpha * T[p] : 0.0f;
-      T[p] = use ? next_T : T[p];
-      last[p] = use ? static_cast<int32_t>(k + 1) : last[p];
+    const Splat sp = s.splats[g];
+    VI any = vseti(0), all_done = vseti(-1);
+    for (int64_t o = 0; o < Pp; o += L) {
+      V dx, dy, raw, alpha;
+      VI keep;
+      sp.alpha(vld(px + o), vld(py + o), dx, dy, raw, alpha, keep);
+      const V Tc = vld(T + o);
+      VI dn = vldi(done + o);
+      const V next_T = Tc * (1.0f - alpha);
+      const VI contrib = ~dn & keep;
+      const VI stop = contrib & (next_T <= kTransmittanceStop);
+      const VI use = contrib & ~stop;
+      dn |= stop;
+      vsti(done + o, dn);
+      vst(w + o, vsel(use, alpha * Tc, vset(0.0f)));
+      vst(T + o, vsel(use, next_T, Tc));
+      vsti(last + o, vseli(use, vseti(static_cast<int32_t>(k + 1)), vldi(last + o)));
       any |= use;
-      all_done &= done[p];
+      all_done &= dn;
     }
-    if (any) {  // the D channels, only at the pixels this Gaussian reached (about 1 in 6 on a face)
+    if (vany(any)) {  // the D channels, only at the pixels this Gaussian reached (about 1 in 6 on a face)
       const float* col = s.colors + g * D;
-      nonzero_bits(w, P, bits);
-      for_each_bit(bits, P, [&](int64_t p) {
+      nonzero_bits(w, Pp, b.bits.data());
+      for_each_bit(b.bits.data(), Pp, [&](int64_t p) {
         const float wp = w[p];
         float* a = acc + p * D;
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) a[d] += wp * col[d];
       });
     }
-    if (all_done) break;
+    if (vall(all_done)) break;
   }
-  for (int64_t p = 0; p < P; ++p) {
+  for (int64_t p = 0; p < Pp; ++p) {
     if (!inside[p]) continue;
-    const int64_t pix = (tp.image * s.height + tp.y0 + p / s.ts) * s.width + tp.x0 + p % s.ts;
+    const int64_t pix = tp.pixel(s, p);
     std::copy(acc + p * D, acc + (p + 1) * D, out + pix * D);
     out_T[pix] = T[p];
     out_last[pix] = last[p];
@@ -231,10 +290,10 @@ struct BwdBuffers {
   std::vector<int32_t> inside, last, use;
   std::vector<uint64_t> bits;
   explicit BwdBuffers(const Scene& s) {
-    const int64_t P = s.ts * s.ts;
-    for (auto* v : {&px, &py, &T, &cum, &base, &G, &w, &alpha, &raw, &dx, &dy}) v->resize(P);
-    gp.resize(P * s.D);
-    inside.resize(P), last.resize(P), use.resize(P), bits.resize((P + 63) / 64);
+    const int64_t Pp = s.Pp();
+    for (auto* v : {&px, &py, &T, &cum, &base, &G, &w, &alpha, &raw, &dx, &dy}) v->resize(Pp);
+    gp.resize(Pp * s.D);
+    inside.resize(Pp), last.resize(Pp), use.resize(Pp), bits.resize((Pp + 63) / 64);
   }
 };
 
@@ -245,21 +304,20 @@ struct BwdBuffers {
 void backward_tile(const Scene& s, int64_t t, BwdBuffers& b, const float* acc_img, const float* T_img,
                    const int32_t* last_img, const float* g_acc, const float* g_T, int64_t Dg, float* vgeo,
                    float* vcol) {
-  const int64_t P = s.ts * s.ts, D = s.D;
+  const int64_t Pp = s.Pp(), D = s.D;
   float *px = b.px.data(), *py = b.py.data(), *T = b.T.data(), *cum = b.cum.data(), *base = b.base.data();
   float *G = b.G.data(), *w = b.w.data(), *al = b.alpha.data(), *rw = b.raw.data(), *ddx = b.dx.data();
   float *ddy = b.dy.data(), *gp = b.gp.data();
   int32_t *inside = b.inside.data(), *last = b.last.data(), *use = b.use.data();
-  uint64_t* bits = b.bits.data();
   TilePixels tp;
   tp.init(s, t, px, py, inside);
   const int64_t k0 = s.begin(t), k1 = s.end(t);
   int64_t kmax = k0;
-  for (int64_t p = 0; p < P; ++p) {
+  for (int64_t p = 0; p < Pp; ++p) {
     T[p] = 1.0f, cum[p] = 0.0f, base[p] = 0.0f, G[p] = 0.0f, last[p] = 0;
     std::fill(gp + p * D, gp + (p + 1) * D, 0.0f);
     if (!inside[p]) continue;
-    const int64_t pix = (tp.image * s.height + tp.y0 + p / s.ts) * s.width + tp.x0 + p % s.ts;
+    const int64_t pix = tp.pixel(s, p);
     float bs = 0.0f;
     for (int64_t d = 0; d < D; ++d) {
       const float gv = g_acc[pix * D + d];
@@ -278,26 +336,24 @@ void backward_tile(const Scene& s, int64_t t, BwdBuffers& b, const float* acc_im
     if (k >= kmax) continue;
     const int64_t g = s.fid[k];
     s.prefetch(k + kPrefetchAhead, k1);
-    const float mx = s.means2d[2 * g], my = s.means2d[2 * g + 1];
-    const float ca = s.conics[3 * g], cb = s.conics[3 * g + 1], cc = s.conics[3 * g + 2];
-    const float op = s.opac[g], log_op = std::log(std::max(op, 1e-30f));
-    int32_t any = 0;
-#pragma omp simd reduction(| : any)
-    for (int64_t p = 0; p < P; ++p) {
-      const float dx = mx - px[p], dy = my - py[p];
-      const float sigma = 0.5f * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-      const float raw = fexp(std::max(log_op - sigma, kMinExponent));
-      const float alpha = raw > kAlphaThreshold ? (raw < kMaxAlpha ? raw : kMaxAlpha) : 0.0f;
-      const int32_t u = k < last[p] && alpha > 0.0f;
-      ddx[p] = dx, ddy[p] = dy, rw[p] = raw, al[p] = u ? alpha : 0.0f, use[p] = u;
-      w[p] = u ? alpha * T[p] : 0.0f;
+    const Splat sp = s.splats[g];
+    VI any = vseti(0);
+    const VI kk = vseti(static_cast<int32_t>(k));
+    for (int64_t o = 0; o < Pp; o += L) {
+      V dx, dy, raw, alpha;
+      VI keep;
+      sp.alpha(vld(px + o), vld(py + o), dx, dy, raw, alpha, keep);
+      const VI u = keep & (kk < vldi(last + o));
+      vst(ddx + o, dx), vst(ddy + o, dy), vst(rw + o, raw), vsti(use + o, u);
+      vst(al + o, vsel(u, alpha, vset(0.0f)));
+      vst(w + o, vsel(u, alpha * vld(T + o), vset(0.0f)));
       any |= u;
     }
-    if (!any) continue;
+    if (!vany(any)) continue;
     // G = colour . dL/dacc and v_colour = sum_p w_p dL/dacc_p, only where the Gaussian was composited
     const float* col = s.colors + g * D;
-    nonzero_bits(w, P, bits);
-    for_each_bit(bits, P, [&](int64_t p) {
+    nonzero_bits(w, Pp, b.bits.data());
+    for_each_bit(b.bits.data(), Pp, [&](int64_t p) {
       const float* gr = gp + p * D;
       const float wp = w[p];
       float dot = 0.0f;
@@ -307,16 +363,17 @@ void backward_tile(const Scene& s, int64_t t, BwdBuffers& b, const float* acc_im
       for (int64_t d = 0; d < D; ++d) vc[d] += wp * gr[d];
       G[p] = dot;
     });
-    float s_op = 0, s_dx2 = 0, s_dy2 = 0, s_dxdy = 0, s_dx = 0, s_dy = 0;
-#pragma omp simd reduction(+ : s_op, s_dx2, s_dy2, s_dxdy, s_dx, s_dy)
-    for (int64_t p = 0; p < P; ++p) {
-      const float a = al[p], one_minus = 1.0f - a, Gp = use[p] ? G[p] : 0.0f;
-      cum[p] += w[p] * Gp;
+    V s_op{}, s_dx2{}, s_dy2{}, s_dxdy{}, s_dx{}, s_dy{};
+    for (int64_t o = 0; o < Pp; o += L) {
+      const VI u = vldi(use + o);
+      const V a = vld(al + o), one_minus = 1.0f - a, Gp = vsel(u, vld(G + o), vset(0.0f)), Tc = vld(T + o);
+      const V cm = vld(cum + o) + vld(w + o) * Gp;
+      vst(cum + o, cm);
       // dL/dalpha = T G - (S + T_final dL/dT) / (1 - alpha)
-      const float v_alpha = T[p] * Gp + (cum[p] - base[p]) / one_minus;
-      const float v_e = (use[p] && rw[p] <= kMaxAlpha) ? v_alpha * a : 0.0f;  // dL/d log(raw)
-      T[p] = use[p] ? T[p] * one_minus : T[p];
-      const float dx = ddx[p], dy = ddy[p];
+      const V v_alpha = Tc * Gp + (cm - vld(base + o)) / one_minus;
+      const V v_e = vsel(u & (vld(rw + o) <= kMaxAlpha), v_alpha * a, vset(0.0f));  // dL/d log(raw)
+      vst(T + o, vsel(u, Tc * one_minus, Tc));
+      const V dx = vld(ddx + o), dy = vld(ddy + o);
       s_op += v_e;
       s_dx2 += v_e * dx * dx;
       s_dy2 += v_e * dy * dy;
@@ -325,12 +382,13 @@ void backward_tile(const Scene& s, int64_t t, BwdBuffers& b, const float* acc_im
       s_dy += v_e * dy;
     }
     // log(raw) = log(op) - sigma: dL/dsigma = -v_e, dL/dop = v_e / op.
-    vg[0] = -(ca * s_dx + cb * s_dy);
-    vg[1] = -(cc * s_dy + cb * s_dx);
-    vg[2] = -0.5f * s_dx2;
-    vg[3] = -s_dxdy;
-    vg[4] = -0.5f * s_dy2;
-    vg[5] = s_op / op;
+    const float sx = hsum(s_dx), sy = hsum(s_dy);
+    vg[0] = -(sp.a * sx + sp.b * sy);
+    vg[1] = -(sp.c * sy + sp.b * sx);
+    vg[2] = -0.5f * hsum(s_dx2);
+    vg[3] = -hsum(s_dxdy);
+    vg[4] = -0.5f * hsum(s_dy2);
+    vg[5] = hsum(s_op) / s.opac[g];
   }
 }
 
@@ -369,15 +427,19 @@ void check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at:
   TORCH_CHECK(offsets.dim() == 3 && offsets.size(0) == I, "isect_offsets must be [I, th, tw]");
 }
 
-Scene make_scene(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac,
-                 const at::Tensor& colors, const at::Tensor& fid, const at::Tensor& offsets, int64_t width,
-                 int64_t height, int64_t tile_size) {
+Scene make_scene(const std::vector<Splat>& splats, const at::Tensor& opac, const at::Tensor& colors,
+                 const at::Tensor& fid, const at::Tensor& offsets, int64_t width, int64_t height, int64_t tile_size) {
+  return Scene{splats.data(), opac.data_ptr<float>(), colors.data_ptr<float>(), fid.data_ptr<int32_t>(),
+               offsets.data_ptr<int32_t>(), colors.size(0), colors.size(2), width, height, tile_size,
+               offsets.size(2), offsets.size(1), fid.numel()};
+}
+
+std::vector<Splat> checked_splats(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac,
+                                  const at::Tensor& colors, const at::Tensor& fid, const at::Tensor& offsets,
+                                  int64_t tile_size) {
   check_inputs(means2d, conics, opac, colors, fid, offsets);
   TORCH_CHECK(tile_size >= 1 && tile_size <= 64, "tile_size must be in [1, 64]");
-  return Scene{means2d.data_ptr<float>(), conics.data_ptr<float>(), opac.data_ptr<float>(),
-               colors.data_ptr<float>(), fid.data_ptr<int32_t>(), offsets.data_ptr<int32_t>(),
-               means2d.size(0), colors.size(2), width, height, tile_size, offsets.size(2), offsets.size(1),
-               fid.numel()};
+  return pack_splats(means2d.data_ptr<float>(), conics.data_ptr<float>(), opac.data_ptr<float>(), opac.numel());
 }
 
 // -> (acc [I, H, W, D] (no background), T [I, H, W] final transmittance, last [I, H, W] int32:
@@ -385,7 +447,8 @@ Scene make_scene(const at::Tensor& means2d, const at::Tensor& conics, const at::
 std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_forward(
     const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac, const at::Tensor& colors,
     const at::Tensor& fid, const at::Tensor& offsets, int64_t width, int64_t height, int64_t tile_size) {
-  const Scene s = make_scene(means2d, conics, opac, colors, fid, offsets, width, height, tile_size);
+  const auto splats = checked_splats(means2d, conics, opac, colors, fid, offsets, tile_size);
+  const Scene s = make_scene(splats, opac, colors, fid, offsets, width, height, tile_size);
   auto fopt = means2d.options();
   at::Tensor out = at::empty({s.n_images, height, width, s.D}, fopt);
   at::Tensor out_T = at::empty({s.n_images, height, width}, fopt);
@@ -404,7 +467,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward(
     const at::Tensor& fid, const at::Tensor& offsets, int64_t width, int64_t height, int64_t tile_size,
     const at::Tensor& acc, const at::Tensor& T_final, const at::Tensor& last, const at::Tensor& g_acc,
     const at::Tensor& g_T, int64_t geo_channels) {
-  const Scene s = make_scene(means2d, conics, opac, colors, fid, offsets, width, height, tile_size);
+  const auto splats = checked_splats(means2d, conics, opac, colors, fid, offsets, tile_size);
+  const Scene s = make_scene(splats, opac, colors, fid, offsets, width, height, tile_size);
   const int64_t I = s.n_images, N = means2d.size(1), D = s.D, M = s.M;
   TORCH_CHECK(acc.is_contiguous() && g_acc.is_contiguous() && g_T.is_contiguous() && T_final.is_contiguous() &&
                   last.is_contiguous(),
