@@ -249,14 +249,22 @@ def deterministic_algorithms(enabled: bool = True):
     backward of tensor indexing (``index_put_(accumulate=True)``, used by the rasterizer's gathers)
     adds in a varying order, so gradients differ in the last bit in about one run out of three;
     deterministic mode switches it to a sorted, ordered accumulation.
+
+    Deterministic mode also fills every new tensor from ``torch.empty`` with NaN
+    (``torch.utils.deterministic.fill_uninitialized_memory``), a debugging aid for ops that read
+    memory they did not write; here it was ~400 ``fill_`` calls and ~10% of a CPU fit step, so it is
+    switched off for the fit (every op used writes all of its output).
     """
     prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
     if enabled:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+        torch.utils.deterministic.fill_uninitialized_memory = prev_fill
 
 
 def fit_subject(manifest: SubjectManifest, cfg: FitConfig | None = None, device: str | torch.device = "cpu",

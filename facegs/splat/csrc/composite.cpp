@@ -286,42 +286,43 @@ void forward_tile(const Scene& s, int64_t t, FwdBuffers& b, float* out, float* o
 }
 
 struct BwdBuffers {
-  std::vector<float> px, py, T, cum, base, G, w, alpha, raw, dx, dy, gp;
-  std::vector<int32_t> inside, last, use;
+  std::vector<float> px, py, T, cum, base, w, gl, gp;
+  std::vector<int32_t> inside, last;
   std::vector<uint64_t> bits;
   explicit BwdBuffers(const Scene& s) {
     const int64_t Pp = s.Pp();
-    for (auto* v : {&px, &py, &T, &cum, &base, &G, &w, &alpha, &raw, &dx, &dy}) v->resize(Pp);
-    gp.resize(Pp * s.D);
-    inside.resize(Pp), last.resize(Pp), use.resize(Pp), bits.resize((Pp + 63) / 64);
+    for (auto* v : {&px, &py, &T, &cum, &base, &w}) v->resize(Pp);
+    gl.resize(Pp * s.D), gp.resize(Pp * s.D);
+    inside.resize(Pp), last.resize(Pp), bits.resize((Pp + 63) / 64);
   }
 };
 
 // Per-intersection gradients of one tile: vgeo [M, 6] (mean x, mean y, a, b, c, opacity), vcol [M, D].
 // Front to back, with S_k + T_final dL/dT = base - (inclusive prefix sum of w G), base = acc . dL/dacc
 // + T_final dL/dT, as the torch path. Only channels [0, Dg) send gradient to the geometry (G, base);
-// every channel gets its colour gradient.
+// every channel gets its colour gradient. One pass over the pixels per Gaussian (G = colour . dL/dacc
+// from a channel-major copy of the gradient, [Dg][P]); the colour gradient sum_p w_p dL/dacc_p runs
+// over the pixels the Gaussian reached only (pixel-major rows, [P][D]).
 void backward_tile(const Scene& s, int64_t t, BwdBuffers& b, const float* acc_img, const float* T_img,
                    const int32_t* last_img, const float* g_acc, const float* g_T, int64_t Dg, float* vgeo,
                    float* vcol) {
   const int64_t Pp = s.Pp(), D = s.D;
   float *px = b.px.data(), *py = b.py.data(), *T = b.T.data(), *cum = b.cum.data(), *base = b.base.data();
-  float *G = b.G.data(), *w = b.w.data(), *al = b.alpha.data(), *rw = b.raw.data(), *ddx = b.dx.data();
-  float *ddy = b.dy.data(), *gp = b.gp.data();
-  int32_t *inside = b.inside.data(), *last = b.last.data(), *use = b.use.data();
+  float *w = b.w.data(), *gl = b.gl.data(), *gp = b.gp.data();
+  int32_t *inside = b.inside.data(), *last = b.last.data();
   TilePixels tp;
   tp.init(s, t, px, py, inside);
   const int64_t k0 = s.begin(t), k1 = s.end(t);
   int64_t kmax = k0;
   for (int64_t p = 0; p < Pp; ++p) {
-    T[p] = 1.0f, cum[p] = 0.0f, base[p] = 0.0f, G[p] = 0.0f, last[p] = 0;
-    std::fill(gp + p * D, gp + (p + 1) * D, 0.0f);
+    T[p] = 1.0f, cum[p] = 0.0f, base[p] = 0.0f, last[p] = 0;
+    for (int64_t d = 0; d < D; ++d) gp[p * D + d] = 0.0f, gl[d * Pp + p] = 0.0f;
     if (!inside[p]) continue;
     const int64_t pix = tp.pixel(s, p);
     float bs = 0.0f;
     for (int64_t d = 0; d < D; ++d) {
       const float gv = g_acc[pix * D + d];
-      gp[p * D + d] = gv;
+      gp[p * D + d] = gv, gl[d * Pp + p] = gv;
       bs += d < Dg ? acc_img[pix * D + d] * gv : 0.0f;
     }
     base[p] = bs + T_img[pix] * g_T[pix];
@@ -337,43 +338,31 @@ void backward_tile(const Scene& s, int64_t t, BwdBuffers& b, const float* acc_im
     const int64_t g = s.fid[k];
     s.prefetch(k + kPrefetchAhead, k1);
     const Splat sp = s.splats[g];
-    VI any = vseti(0);
+    const float* col = s.colors + g * D;
     const VI kk = vseti(static_cast<int32_t>(k));
+    VI any = vseti(0);
+    V s_op{}, s_dx2{}, s_dy2{}, s_dxdy{}, s_dx{}, s_dy{};
     for (int64_t o = 0; o < Pp; o += L) {
       V dx, dy, raw, alpha;
       VI keep;
       sp.alpha(vld(px + o), vld(py + o), dx, dy, raw, alpha, keep);
       const VI u = keep & (kk < vldi(last + o));
-      vst(ddx + o, dx), vst(ddy + o, dy), vst(rw + o, raw), vsti(use + o, u);
-      vst(al + o, vsel(u, alpha, vset(0.0f)));
-      vst(w + o, vsel(u, alpha * vld(T + o), vset(0.0f)));
+      if (!vany(u)) {
+        vst(w + o, vset(0.0f));
+        continue;
+      }
       any |= u;
-    }
-    if (!vany(any)) continue;
-    // G = colour . dL/dacc and v_colour = sum_p w_p dL/dacc_p, only where the Gaussian was composited
-    const float* col = s.colors + g * D;
-    nonzero_bits(w, Pp, b.bits.data());
-    for_each_bit(b.bits.data(), Pp, [&](int64_t p) {
-      const float* gr = gp + p * D;
-      const float wp = w[p];
-      float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t d = 0; d < Dg; ++d) dot += col[d] * gr[d];
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) vc[d] += wp * gr[d];
-      G[p] = dot;
-    });
-    V s_op{}, s_dx2{}, s_dy2{}, s_dxdy{}, s_dx{}, s_dy{};
-    for (int64_t o = 0; o < Pp; o += L) {
-      const VI u = vldi(use + o);
-      const V a = vld(al + o), one_minus = 1.0f - a, Gp = vsel(u, vld(G + o), vset(0.0f)), Tc = vld(T + o);
-      const V cm = vld(cum + o) + vld(w + o) * Gp;
+      const V a = vsel(u, alpha, vset(0.0f)), Tc = vld(T + o), one_minus = 1.0f - a;
+      V G{};
+      for (int64_t d = 0; d < Dg; ++d) G += col[d] * vld(gl + d * Pp + o);
+      const V wv = a * Tc;
+      vst(w + o, wv);
+      const V cm = vld(cum + o) + wv * G;
       vst(cum + o, cm);
       // dL/dalpha = T G - (S + T_final dL/dT) / (1 - alpha)
-      const V v_alpha = Tc * Gp + (cm - vld(base + o)) / one_minus;
-      const V v_e = vsel(u & (vld(rw + o) <= kMaxAlpha), v_alpha * a, vset(0.0f));  // dL/d log(raw)
+      const V v_alpha = Tc * G + (cm - vld(base + o)) / one_minus;
+      const V v_e = vsel(u & (raw <= kMaxAlpha), v_alpha * a, vset(0.0f));  // dL/d log(raw)
       vst(T + o, vsel(u, Tc * one_minus, Tc));
-      const V dx = vld(ddx + o), dy = vld(ddy + o);
       s_op += v_e;
       s_dx2 += v_e * dx * dx;
       s_dy2 += v_e * dy * dy;
@@ -381,6 +370,14 @@ void backward_tile(const Scene& s, int64_t t, BwdBuffers& b, const float* acc_im
       s_dx += v_e * dx;
       s_dy += v_e * dy;
     }
+    if (!vany(any)) continue;
+    nonzero_bits(w, Pp, b.bits.data());
+    for_each_bit(b.bits.data(), Pp, [&](int64_t p) {
+      const float* gr = gp + p * D;
+      const float wp = w[p];
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) vc[d] += wp * gr[d];
+    });
     // log(raw) = log(op) - sigma: dL/dsigma = -v_e, dL/dop = v_e / op.
     const float sx = hsum(s_dx), sy = hsum(s_dy);
     vg[0] = -(sp.a * sx + sp.b * sy);
