@@ -16,6 +16,7 @@ from facegs.core.options import add_options, from_namespace
 from facegs.factory.subject import RefineConfig, refine_subject
 from facegs.fit.config import PRESETS, FitConfig, fit_config
 from facegs.render.views import NovelViewConfig
+from facegs.splat.rasterize import BACKENDS
 
 FIT_FIELDS = ("steps", "downscale", "label_mode", "confidence_weighting", "label_grad_to_geometry",
               "consensus_outliers")
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fail when the fitted scene shows too few face parts for the head frame, instead of "
                         "falling back to the camera rig's frame")
     r = p.add_argument_group("run")
-    r.add_argument("--backend", default="auto", choices=["auto", "torch", "gsplat"], help="rasterizer")
+    r.add_argument("--backend", default="auto", choices=list(BACKENDS), help="rasterizer")
     r.add_argument("--device", default="auto", help="torch device (default: cuda when available, else cpu)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=run)
