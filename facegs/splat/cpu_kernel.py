@@ -1,5 +1,8 @@
 """The fused CPU compositing kernel (C++, ``csrc/composite.cpp``): build, cache, load, autograd.
 
+The same library holds the fused projection and tile intersection (``csrc/project.cpp``,
+:mod:`facegs.splat.cpu_project`).
+
 What it replaces: the tile loop of :mod:`facegs.splat.torch_backend` (dense per-tile alpha
 matrices, cumulative products, many small tensor ops per tile). The kernel does the same
 compositing with gsplat 1.5.3's rules per pixel, Gaussian-outer and pixel-inner so the compiler
@@ -46,7 +49,7 @@ import torch
 from torch import Tensor
 from torch.utils import cpp_extension
 
-SOURCE = Path(__file__).parent / "csrc" / "composite.cpp"
+SOURCES = (Path(__file__).parent / "csrc" / "composite.cpp", Path(__file__).parent / "csrc" / "project.cpp")
 OP_NAMESPACE = "facegs_splat"
 _STATE: dict[str, object] = {}  # "lib": path of the loaded library, or "error": why it is unavailable
 
@@ -79,7 +82,7 @@ def cache_dir() -> Path:
 
 def build_name() -> str:
     """``facegs_splat_<hash>``: the library's name, a hash of everything the binary depends on."""
-    h = hashlib.sha256(SOURCE.read_bytes())
+    h = hashlib.sha256(b"".join(src.read_bytes() for src in SOURCES))
     for part in (*_cflags(), torch.__version__, sys.version, platform.machine(), _cpu_signature(),
                  os.environ.get("CXX", "c++")):  # fmt: skip
         h.update(part.encode() + b"\0")
@@ -96,7 +99,7 @@ def _build(name: str, final: Path) -> None:
     path = os.environ.get("PATH", "")
     try:  # ninja (a pip dependency) next to the interpreter, also when the venv is not activated
         os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
-        lib = cpp_extension.load(name, [str(SOURCE)], extra_cflags=_cflags(), build_directory=str(tmp),
+        lib = cpp_extension.load(name, [str(src) for src in SOURCES], extra_cflags=_cflags(), build_directory=str(tmp),
                                  is_python_module=False, verbose=False)  # fmt: skip
         os.replace(lib, final)
     finally:
@@ -121,7 +124,8 @@ def load() -> str:
                 torch.ops.load_library(str(final))
     else:
         torch.ops.load_library(str(final))
-    if not hasattr(torch.ops, OP_NAMESPACE) or not hasattr(getattr(torch.ops, OP_NAMESPACE), "composite_forward"):
+    ops = getattr(torch.ops, OP_NAMESPACE, None)
+    if ops is None or not all(hasattr(ops, op) for op in ("composite_forward", "project_forward", "isect_tiles")):
         raise RuntimeError(f"{final} does not register torch.ops.{OP_NAMESPACE}")
     _STATE["lib"] = str(final)
     return str(final)
