@@ -10,8 +10,8 @@ speed-up of each backend over torch at the same thread count, the speed-up of ea
 over one thread, and the load average before and after.
 
 Usage:
-    .venv/bin/python bench/render_speed.py                       # 5k and 20k Gaussians, 1 and 2 threads
-    .venv/bin/python bench/render_speed.py --gaussians 20000 --threads 1 --repeats 15
+    .venv/bin/python bench/render_speed.py                       # 5k and 20k Gaussians, 1 thread
+    .venv/bin/python bench/render_speed.py --gaussians 20000 --threads 1 2 --backends cpu   # thread scaling
     .venv/bin/python bench/render_speed.py --tile-sizes 8 16 --backends cpu
 
 Prints a table and writes bench/out/render_speed.json.
@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tile-sizes", type=int, nargs="+", default=[8])
     ap.add_argument("--backends", nargs="+", default=["cpu", "torch"], choices=["cpu", "torch"],
                     help="CPU backends (gsplat and torch-on-CUDA are added when CUDA is available)")
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch CPU thread counts to time")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1],
+                    help="torch CPU thread counts to time (e.g. 1 2 for the scaling; on a loaded machine the "
+                    "torch backend on 2 threads can take seconds per call: OpenMP threads spin)")
     ap.add_argument("--repeats", type=int, default=7, help="rounds; each times every configuration once")
     ap.add_argument("--scale", type=float, default=1.0, help="Gaussian size multiplier")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "render_speed.json")
