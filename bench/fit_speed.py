@@ -1,22 +1,24 @@
-"""Time one subject fit at the CPU demo settings and report speed and quality.
+"""Time one subject fit at the CPU demo settings, per rasterizer backend side by side, and report speed and quality.
 
 One synthetic subject (facegs.synth; 24 views on three rows of yaw -90..90, 128 x 128, random
 backgrounds) gets simulated parser labels (facegs.label.noise, default spec below), then
-``facegs.fit.loop.fit_subject`` runs at the CPU demo settings. Prints a table (steps, N Gaussians,
-s/step, total s, PSNR, label accuracy vs GT of the fused labels and of the noisy inputs) and writes
-``bench/out/fit_speed.json``. The generated subject is cached under ``bench/out/data``.
+``facegs.fit.loop.fit_subject`` runs at the CPU demo settings once per backend in ``--backends``
+(default: the fused C++ kernel ``cpu`` and the pure-PyTorch reference ``torch``), in one process.
+Prints a table per run (steps, N Gaussians, s/step, total s, CPU s, PSNR, label accuracy vs GT of
+the fused labels and of the noisy inputs), the step-time ratio against the torch backend, and
+writes ``bench/out/fit_speed.json``. The generated subject is cached under ``bench/out/data``.
 
-    .venv/bin/python bench/fit_speed.py                      # the demo settings (600 steps)
-    .venv/bin/python bench/fit_speed.py --steps 100 --quick  # smoke run
-    .venv/bin/python bench/fit_speed.py --profile            # + cProfile top functions
+    .venv/bin/python bench/fit_speed.py                          # demo settings, cpu vs torch, 1 thread
+    .venv/bin/python bench/fit_speed.py --steps 100 --quick      # smoke run
+    .venv/bin/python bench/fit_speed.py --backends cpu --profile # + cProfile top functions
 
-Target: <= 90 s for the fit on 2 CPU cores (``--threads 2``).
+Target: <= 90 s for the fit on 2 CPU cores.
 
 Timing on a shared machine: torch's OpenMP threads busy-wait at every parallel region. When other
 processes compete for the cores, a descheduled thread makes its partner spin, and a 2-thread fit
 can become 10x slower (measured: 1009 s instead of 67 s at a load average of 6 on 2 cores).
-There, ``--threads 1`` (106 s at the same load) or ``OMP_WAIT_POLICY=PASSIVE`` is far more robust.
-The JSON records the load average and the process CPU time next to the wall time.
+There, ``--threads 1`` (the default, as facegs' own) or ``OMP_WAIT_POLICY=PASSIVE`` is far more
+robust. The JSON records the load average and the process CPU time next to the wall time.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from facegs.fit.config import (  # noqa: E402
     fit_config,
 )
 from facegs.fit.loop import fit_subject  # noqa: E402
+from facegs.splat.rasterize import BACKENDS  # noqa: E402
 
 NOISE = "boundary:2,pose:1,lr_swap:0.2,pixel:0.1"
 
@@ -118,6 +121,37 @@ def table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
+def run_fit(m: SubjectManifest, cfg: FitConfig, backend: str, args) -> tuple[dict, str]:
+    """One fit on ``backend``: (result row, cProfile text or "")."""
+    prof = cProfile.Profile() if args.profile else None
+    load0 = _load()
+    t0, c0 = time.perf_counter(), time.process_time()
+    if prof:
+        prof.enable()
+    res = fit_subject(m, cfg, progress=not args.quick, backend=backend)
+    if prof:
+        prof.disable()
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    s, ev = res.summary, res.summary.get("eval", {})
+    step_times = sorted(x["time_s"] for x in res.metrics)
+    result = {
+        "backend": backend, "steps": cfg.steps, "views": len(m.views), "res": args.res, "downscale": cfg.downscale,
+        "views_per_step": cfg.views_per_step, "n_gaussians": s["n_gaussians"], "s_per_step": s["s_per_step"],
+        "median_step_s": step_times[len(step_times) // 2], "fit_s": s["fit_s"], "init_s": s["init_s"],
+        "eval_s": s.get("eval_s"), "total_s": total, "cpu_s": cpu, "load_avg_1m_before": load0, "load_avg_1m": _load(),
+        "psnr": ev.get("psnr"), "label_acc_gt": ev.get("label_acc_gt"), "input_acc_gt": ev.get("input_acc_gt"),
+        "miou_gt": ev.get("miou_gt"), "input_miou_gt": ev.get("input_miou_gt"), "label_acc_input": ev.get("label_acc_input"),
+        "n_refines": s["n_refines"], "n_resets": s["n_resets"],
+        "n_over_time": [x["n_gaussians"] for x in res.metrics[:: max(1, cfg.steps // 20)]],
+    }  # fmt: skip
+    text = ""
+    if prof:
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
+        text = buf.getvalue()
+    return result, text
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=None)
@@ -133,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--consensus", action="store_true", help="consensus_outliers=True")
     ap.add_argument("--noise", default=NOISE)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--backends", nargs="+", default=["cpu", "torch"], choices=list(BACKENDS),
+                    help="rasterizer backends to fit with, one after the other in this process")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("FACEGS_THREADS") or 1))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     ap.add_argument("--json", default="fit_speed.json", help="result file name under --out")
     ap.add_argument("--profile", action="store_true")
@@ -144,43 +180,44 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     m = make_subject(args.out, args.res, args.views, args.seed, args.noise)
     cfg = demo_config(args)
-    prof = cProfile.Profile() if args.profile else None
-    t0, c0 = time.perf_counter(), time.process_time()
-    if prof:
-        prof.enable()
-    res = fit_subject(m, cfg, progress=not args.quick)
-    if prof:
-        prof.disable()
-    total, cpu = time.perf_counter() - t0, time.process_time() - c0
-    s, ev = res.summary, res.summary.get("eval", {})
-    step_times = sorted(x["time_s"] for x in res.metrics)
-    result = {
-        "steps": cfg.steps, "views": len(m.views), "res": args.res, "downscale": cfg.downscale,
-        "views_per_step": cfg.views_per_step, "n_gaussians": s["n_gaussians"], "s_per_step": s["s_per_step"],
-        "median_step_s": step_times[len(step_times) // 2], "fit_s": s["fit_s"], "init_s": s["init_s"],
-        "eval_s": s.get("eval_s"), "total_s": total, "cpu_s": cpu, "load_avg_1m": _load(), "psnr": ev.get("psnr"),
-        "label_acc_gt": ev.get("label_acc_gt"), "input_acc_gt": ev.get("input_acc_gt"), "miou_gt": ev.get("miou_gt"), "input_miou_gt": ev.get("input_miou_gt"),
-        "label_acc_input": ev.get("label_acc_input"), "n_refines": s["n_refines"], "n_resets": s["n_resets"],
-        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "noise": args.noise, "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "init"},
-        "init": dataclasses.asdict(cfg.init), "n_over_time": [x["n_gaussians"] for x in res.metrics[:: max(1, cfg.steps // 20)]],
-    }  # fmt: skip
-    print(table([
-        ("steps", str(cfg.steps)), ("views / res", f"{len(m.views)} x {round(args.res / cfg.downscale)} px"),
-        ("N gaussians", f"{s['n_gaussians']}"), ("s/step (mean, median)", f"{s['s_per_step']:.3f}, {result['median_step_s']:.3f}"),
-        ("fit s", f"{s['fit_s']:.1f}"), ("total s (init+fit+eval)", f"{total:.1f}"), ("PSNR dB", f"{ev.get('psnr', float('nan')):.2f}"),
-        ("label acc vs GT (fused)", f"{ev.get('label_acc_gt', float('nan')):.4f}"),
-        ("label acc vs GT (noisy input)", f"{ev.get('input_acc_gt', float('nan')):.4f}"),
-        ("mIoU vs GT (fused, input)", f"{ev.get('miou_gt', float('nan')):.4f}, {ev.get('input_miou_gt', float('nan')):.4f}"),
-        ("CPU s (process, all threads)", f"{cpu:.1f}"),
-    ]))  # fmt: skip
-    if prof:
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
-        print(buf.getvalue())
-    (args.out / args.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    runs = []
+    for backend in args.backends:
+        result, prof_text = run_fit(m, cfg, backend, args)
+        runs.append(result)
+        s = result
+        print(f"--- backend {backend} (ran: {s['backend']}), {torch.get_num_threads()} thread(s)")
+        print(table([
+            ("steps", str(cfg.steps)), ("views / res", f"{len(m.views)} x {round(args.res / cfg.downscale)} px"),
+            ("N gaussians", f"{s['n_gaussians']}"), ("s/step (mean, median)", f"{s['s_per_step']:.3f}, {s['median_step_s']:.3f}"),
+            ("fit s", f"{s['fit_s']:.1f}"), ("total s (init+fit+eval)", f"{s['total_s']:.1f}"), ("PSNR dB", f"{_f(s['psnr'], '.2f')}"),
+            ("label acc vs GT (fused)", _f(s["label_acc_gt"])), ("label acc vs GT (noisy input)", _f(s["input_acc_gt"])),
+            ("mIoU vs GT (fused, input)", f"{_f(s['miou_gt'])}, {_f(s['input_miou_gt'])}"),
+            ("CPU s (process, all threads)", f"{s['cpu_s']:.1f}"),
+            ("load average (1 min) before, after", f"{_f(s['load_avg_1m_before'], '.2f')}, {_f(s['load_avg_1m'], '.2f')}"),
+        ]))  # fmt: skip
+        if prof_text:
+            print(prof_text)
+    ratios = {}
+    ref = next((r for r in runs if r["backend"] == "torch"), None)
+    if ref is not None:
+        for r in runs:
+            if r is not ref:
+                ratios[r["backend"]] = {"median_step": ref["median_step_s"] / r["median_step_s"],
+                                        "fit_s": ref["fit_s"] / r["fit_s"], "cpu_s": ref["cpu_s"] / r["cpu_s"]}  # fmt: skip
+                print(f"speed-up of {r['backend']} over torch: median step {ratios[r['backend']]['median_step']:.2f}x, "
+                      f"fit {ratios[r['backend']]['fit_s']:.2f}x, CPU s {ratios[r['backend']]['cpu_s']:.2f}x")  # fmt: skip
+    env = {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+           "noise": args.noise, "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "init"},
+           "init": dataclasses.asdict(cfg.init)}  # fmt: skip
+    (args.out / args.json).write_text(json.dumps({"env": env, "runs": runs, "speedup_vs_torch": ratios}, indent=1,
+                                                 default=str) + "\n")  # fmt: skip
     print(f"wrote {args.out / args.json}")
     return 0
+
+
+def _f(x: float | None, fmt: str = ".4f") -> str:
+    return "nan" if x is None else format(x, fmt)
 
 
 if __name__ == "__main__":

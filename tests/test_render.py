@@ -442,9 +442,10 @@ def test_default_strategy_grows_and_prunes_on_cpu():
 # ------------------------------------------------------------------------------------------
 
 
-def test_auto_backend_on_cpu_is_torch_and_rejects_unknown():
+def test_auto_backend_on_cpu_and_rejects_unknown():
     means = torch.zeros(3, 3)
-    assert resolve_backend("auto", means) == "torch"
+    assert resolve_backend("auto", means) in ("cpu", "torch")  # "torch" only where the kernel cannot build
+    assert resolve_backend("auto", means.double()) == "torch"
     with pytest.raises(ValueError, match="backend"):
         resolve_backend("cuda", means)
     scene = make_scene(n=20)
@@ -498,7 +499,7 @@ def test_torch_backend_matches_gsplat_cuda(channels, mode):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_auto_backend_on_cuda_is_gsplat():
     assert resolve_backend("auto", torch.zeros(1, 3, device="cuda")) == "gsplat"
-    assert resolve_backend("auto", torch.zeros(1, 3)) == "torch"
+    assert resolve_backend("auto", torch.zeros(1, 3)) in ("cpu", "torch")
 
 
 @pytest.mark.cuda

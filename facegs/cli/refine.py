@@ -17,6 +17,7 @@ from facegs.factory.subject import RefineConfig, refine_subject
 from facegs.fit.config import PRESETS, FitConfig, fit_config
 from facegs.headframe.place import PlacementConfig
 from facegs.render.views import NovelViewConfig
+from facegs.splat.rasterize import BACKENDS
 
 FIT_FIELDS = ("steps", "downscale", "label_mode", "confidence_weighting", "label_grad_to_geometry",
               "consensus_outliers")
@@ -45,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_options(g, RefineConfig, fields=("cleanup", "seed"), prefix="refine.")
     add_options(g, PlacementConfig, fields=("policy",), prefix="head_frame.")
     r = p.add_argument_group("run")
-    r.add_argument("--backend", default="auto", choices=["auto", "torch", "gsplat"], help="rasterizer")
+    r.add_argument("--backend", default="auto", choices=list(BACKENDS), help="rasterizer")
     r.add_argument("--device", default="auto", help="torch device (default: cuda when available, else cpu)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=run)

@@ -3,7 +3,8 @@
 In: nothing (configuration). Out: a :class:`FitConfig` from :func:`fit_config` (a preset plus
 overrides); :meth:`FitConfig.resolved` fills the schedule (densification, SH degree, consensus
 warm-up) from ``steps``. Presets: ``test`` (unit tests, 32 px), ``cpu_demo`` (24 views at 128 px on
-2 cores), ``gpu`` (a 7k-step 3DGS schedule for the gsplat backend), ``default`` (the field defaults).
+2 cores), ``gpu`` (a 7k-step 3DGS schedule for the gsplat backend), ``gpu_fast`` (the same compressed
+to 2k steps, proposed for 16 views at 512 px), ``default`` (the field defaults).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class FitConfig:
     seed: int = 0
     views_per_step: int = 2
     downscale: float = field(default=1.0, metadata=opt("fit at the capture resolution divided by this (images and K)"))
-    tile_size: int | None = None  # rasterizer tile; None: 8 on the torch backend, 16 on gsplat
+    tile_size: int | None = None  # rasterizer tile; None: 8 on the cpu and torch backends, 16 on gsplat
     # scene
     sh_degree: int = 3
     sh_degree_interval: int | None = None  # raise the active SH degree every this many steps
@@ -136,11 +137,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpu": dict(steps=7_000, views_per_step=1, sh_degree=3, max_gaussians=300_000, tile_size=16,
                 init=InitConfig(num_points=50_000, grid_res=128), refine_start=500, refine_every=100,
                 refine_stop=3_500, reset_every=3_000, sh_degree_interval=1_000),
+    # GPU, faster (proposed for the factory, bench/gpu_check.sh): 16 views at 512 px, the gpu schedule
+    # compressed to 2k steps (each view seen ~125 times instead of ~290); label quality against `gpu`
+    # still to be measured on a GPU (docs/benchmarks.md)
+    "gpu_fast": dict(steps=2_000, views_per_step=1, sh_degree=3, max_gaussians=200_000, tile_size=16,
+                     init=InitConfig(num_points=30_000, grid_res=96), refine_start=150, refine_every=50,
+                     refine_stop=1_000, reset_every=900, sh_degree_interval=300),
 }  # fmt: skip
 
 
 def fit_config(preset: str = "cpu_demo", **overrides: Any) -> FitConfig:
-    """A :class:`FitConfig` from a named preset (``test``, ``cpu_demo``, ``gpu``) plus overrides."""
+    """A :class:`FitConfig` from a named preset (``test``, ``cpu_demo``, ``gpu``, ``gpu_fast``) plus overrides."""
     if preset not in PRESETS:
         raise KeyError(f"unknown fit preset '{preset}'; available: {sorted(PRESETS)}")
     return FitConfig(**{**PRESETS[preset], **overrides})

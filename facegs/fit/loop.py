@@ -33,14 +33,16 @@ Loss per step (B views):
   renormalised away).
 
 ``label_grad_to_geometry=False`` (Panoptic Lifting's stop-gradient): label gradients reach only
-the logits, exactly, in the same single rasterize call. The rasterizer's gradient with respect to
-the geometry weights each channel's upstream gradient by that channel's colour; so the label
-channels are rendered twice, as ``c.detach()`` (the values; this output is detached, so it sends
-no gradient back) and as ``c - c.detach()`` (identically 0: adds exactly nothing to the geometry
-gradient, while its colour gradient ``weights^T dL/dout`` is the true gradient of ``c``); the
-label image is the sum of the two outputs. Cost: 3 + 2K channels instead of 3 + K (the
-per-pixel alpha and transmittance work, which dominates, is shared), versus a second full
-rasterize of detached geometry for the two-call alternative.
+the logits, exactly, in the same single rasterize call (``geometry_grad_channels=3`` of
+:func:`facegs.splat.rasterize.rasterize`). The fused CPU kernel does it natively (only the RGB
+channels enter the geometry gradient; 3 + K channels). On the other backends the rasterizer's
+gradient with respect to the geometry weights each channel's upstream gradient by that channel's
+colour; so the label channels are rendered twice, as ``c.detach()`` (the values; this output is
+detached, so it sends no gradient back) and as ``c - c.detach()`` (identically 0: adds exactly
+nothing to the geometry gradient, while its colour gradient ``weights^T dL/dout`` is the true
+gradient of ``c``); the label image is the sum of the two outputs. Cost there: 3 + 2K channels
+instead of 3 + K (the per-pixel alpha and transmittance work, which dominates, is shared), versus
+a second full rasterize of detached geometry for the two-call alternative.
 
 Densification: gsplat's ``DefaultStrategy`` with its iteration numbers scaled to the short
 schedule, the number of Gaussians capped (:class:`CappedDefaultStrategy`), and the opacity reset
@@ -254,14 +256,22 @@ def deterministic_algorithms(enabled: bool = True):
     backward of tensor indexing (``index_put_(accumulate=True)``, used by the rasterizer's gathers)
     adds in a varying order, so gradients differ in the last bit in about one run out of three;
     deterministic mode switches it to a sorted, ordered accumulation.
+
+    Deterministic mode also fills every new tensor from ``torch.empty`` with NaN
+    (``torch.utils.deterministic.fill_uninitialized_memory``), a debugging aid for ops that read
+    memory they did not write; here it was ~400 ``fill_`` calls and ~10% of a CPU fit step, so it is
+    switched off for the fit (every op used writes all of its output).
     """
     prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
     if enabled:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+        torch.utils.deterministic.fill_uninitialized_memory = prev_fill
 
 
 def fit_subject(manifest: SubjectManifest, cfg: FitConfig | None = None, device: str | torch.device = "cpu",

@@ -7,7 +7,9 @@ gsplat's ``meta`` (for densification), differentiable.
 
 - :mod:`.scene`: the parameter dict, activation, PLY and tensor files.
 - :mod:`.rasterize`: :func:`~.rasterize.rasterize` (``gsplat.rasterization`` semantics) over the backends
-  :mod:`.torch_backend` (pure PyTorch, CPU) and :mod:`.gsplat_backend` (CUDA); :mod:`.projection`,
-  :mod:`.tiles` and :mod:`.sh` are the torch backend's stages; :mod:`.reference` a dense reference.
+  ``cpu`` (:mod:`.torch_backend` with the fused C++ compositing kernel of :mod:`.cpu_kernel`, the
+  default on CPUs), :mod:`.torch_backend` (pure PyTorch, the reference) and :mod:`.gsplat_backend`
+  (CUDA); :mod:`.projection`, :mod:`.tiles` and :mod:`.sh` are the torch backend's stages;
+  :mod:`.reference` a dense reference.
 - :mod:`.rgb_labels`: :func:`~.rgb_labels.render_rgb_labels`, RGB and class channels in one call.
 """

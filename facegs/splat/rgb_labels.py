@@ -9,8 +9,9 @@ Label rendering modes (see :func:`label_probs`):
   transmittance is given to that class, so the sum is exactly 1 (``alpha + T``).
 
 :func:`render_rgb_labels` renders RGB and label channels in one rasterize call; with
-``label_grad_to_geometry=False`` the label channels reach only the logits (see
-:mod:`facegs.fit.loop`).
+``label_grad_to_geometry=False`` the label channels reach only the logits
+(``geometry_grad_channels=3`` of :func:`facegs.splat.rasterize.rasterize`: native in the fused CPU
+kernel, 3 + 2K channels on the other backends; see :mod:`facegs.fit.loop`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import functools
 import torch
 from torch import Tensor
 
+from facegs.splat.rasterize import DEFAULT_TILE_SIZE, resolve_backend
 from facegs.splat.rasterize import rasterize as _rasterize
-from facegs.splat.rasterize import resolve_backend
 from facegs.splat.scene import Params, activated, sh_colors
 
 LABEL_MODES = ("logits", "probs")
@@ -81,7 +82,7 @@ def render_rgb_labels(params: Params, viewmats: Tensor, Ks: Tensor, width: int, 
     means, quats, scales, opac = activated(params)
     B = viewmats.shape[0]
     backend = resolve_backend(backend, means)
-    ts = tile_size or (16 if backend == "gsplat" else 8)
+    ts = tile_size or DEFAULT_TILE_SIZE[backend]
     rasterize = functools.partial(_rasterize, width=width, height=height, backend=backend, tile_size=ts)
     rgb_c = sh_colors(params, viewmats, sh_degree)  # [B, N, 3]
     if not with_labels:
@@ -91,16 +92,7 @@ def render_rgb_labels(params: Params, viewmats: Tensor, Ks: Tensor, width: int, 
     K = lab_c.shape[-1]
     bg_lab = background_label_vector(K, label_mode, BACKGROUND_CLASS if label_background else None,
                                 label_bg_logit, device=bg_rgb.device).expand(B, K)
-    if label_grad_to_geometry:
-        cols = torch.cat([rgb_c, lab_c[None].expand(B, -1, -1)], dim=-1)
-        out, alpha, meta = rasterize(means, quats, scales, opac, cols, viewmats, Ks,
-                                     backgrounds=torch.cat([bg_rgb, bg_lab], -1))
-        return out[..., :3], out[..., 3:], alpha, meta
-    # one call, two label channel groups: values (detached colours, output detached) and
-    # gradient carriers (colours identically 0, so they add exactly nothing to the geometry gradient)
-    values = lab_c.detach()[None].expand(B, -1, -1)
-    carriers = (lab_c - lab_c.detach())[None].expand(B, -1, -1)
-    cols = torch.cat([rgb_c, values, carriers], dim=-1)
-    bgs = torch.cat([bg_rgb, bg_lab, torch.zeros_like(bg_lab)], -1)
-    out, alpha, meta = rasterize(means, quats, scales, opac, cols, viewmats, Ks, backgrounds=bgs)
-    return out[..., :3], out[..., 3 : 3 + K].detach() + out[..., 3 + K :], alpha, meta
+    cols = torch.cat([rgb_c, lab_c[None].expand(B, -1, -1)], dim=-1)
+    out, alpha, meta = rasterize(means, quats, scales, opac, cols, viewmats, Ks, backgrounds=torch.cat([bg_rgb, bg_lab], -1),
+                                 geometry_grad_channels=None if label_grad_to_geometry else 3)  # fmt: skip
+    return out[..., :3], out[..., 3:], alpha, meta

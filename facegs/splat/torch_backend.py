@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from facegs.splat import cpu_project
+from facegs.splat.cpu_kernel import rasterize_to_pixels_fused
 from facegs.splat.projection import ALPHA_THRESHOLD, project_gaussians
 from facegs.splat.sh import spherical_harmonics
 from facegs.splat.tiles import TileBlock, isect_offset_encode, isect_tiles, plan_tile_blocks, tile_grid
@@ -310,15 +312,24 @@ def rasterize_torch(
     radius_clip: float = 0.0,
     sh_degree: int | None = None,
     max_block_elems: int = DEFAULT_BLOCK_ELEMS,
+    fused: bool = False,
+    geo_channels: int | None = None,
 ) -> tuple[Tensor, Tensor, dict]:
     """Rasterize N Gaussians into C cameras; see :func:`facegs.splat.rasterize.rasterize` for the contract.
 
+    ``fused``: the "cpu" backend (float32 CPU tensors, kernel loaded by the caller): composite with
+    the fused C++ kernel (:mod:`facegs.splat.cpu_kernel`) instead of the PyTorch tile loop, and
+    project and intersect tiles with :mod:`facegs.splat.cpu_project` (the torch projection when
+    ``viewmats`` needs a gradient); SH, render modes and backgrounds are shared.
+    ``geo_channels`` (fused only): see :func:`facegs.splat.cpu_kernel.rasterize_to_pixels_fused`.
     Returns colors [C, H, W, D(+1)], alphas [C, H, W, 1] and gsplat's unpacked ``meta``.
     """
     if render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
     C = viewmats.shape[0]
-    proj = project_gaussians(
+    fused_proj = fused and cpu_project.eligible(means, quats, scales, opacities, viewmats=viewmats)
+    project = cpu_project.project_gaussians_fused if fused_proj else project_gaussians
+    proj = project(
         means, quats, scales, opacities, viewmats, Ks, width, height,
         near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, radius_clip=radius_clip,
     )  # fmt: skip
@@ -326,14 +337,27 @@ def rasterize_torch(
     cols = prepare_colors(colors, means, viewmats, C, sh_degree)
     cols, bgs = add_depth_channel(render_mode, cols, proj.depths, backgrounds)
     tile_width, tile_height = tile_grid(width, height, tile_size)
-    tiles_per_gauss, isect_ids, flatten_ids = isect_tiles(
-        proj.means2d, proj.radii, proj.depths, tile_size, tile_width, tile_height
-    )
-    isect_offsets = isect_offset_encode(isect_ids, C, tile_width, tile_height)
-    render, alphas = rasterize_to_pixels(
-        proj.means2d, proj.conics, cols, opac, width, height, tile_size, isect_offsets, flatten_ids,
-        backgrounds=bgs, max_block_elems=max_block_elems,
-    )  # fmt: skip
+    if fused:
+        tiles_per_gauss, isect_ids, flatten_ids, isect_offsets = cpu_project.isect_tiles_fused(
+            proj.means2d, proj.radii, proj.depths, tile_size, tile_width, tile_height
+        )
+    else:
+        tiles_per_gauss, isect_ids, flatten_ids = isect_tiles(
+            proj.means2d, proj.radii, proj.depths, tile_size, tile_width, tile_height
+        )
+        isect_offsets = isect_offset_encode(isect_ids, C, tile_width, tile_height)
+    if fused:
+        render, alphas = rasterize_to_pixels_fused(
+            proj.means2d, proj.conics, cols, opac, width, height, tile_size, isect_offsets, flatten_ids,
+            backgrounds=bgs, geo_channels=geo_channels,
+        )  # fmt: skip
+    else:
+        if geo_channels is not None:
+            raise ValueError("geo_channels needs fused=True (rasterize() emulates it on other backends)")
+        render, alphas = rasterize_to_pixels(
+            proj.means2d, proj.conics, cols, opac, width, height, tile_size, isect_offsets, flatten_ids,
+            backgrounds=bgs, max_block_elems=max_block_elems,
+        )  # fmt: skip
     if render_mode in ("ED", "RGB+ED"):
         render = torch.cat([render[..., :-1], render[..., -1:] / alphas.clamp(min=1e-10)], dim=-1)
     meta = {
@@ -356,6 +380,6 @@ def rasterize_torch(
         "tile_size": tile_size,
         "n_batches": 1,
         "n_cameras": C,
-        "backend": "torch",
+        "backend": "cpu" if fused else "torch",
     }
     return render, alphas, meta
