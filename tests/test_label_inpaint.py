@@ -75,3 +75,36 @@ def test_thinly_seen_gaussians_take_their_neighbours_class_in_proportion_to_the_
     same, changed = inpaint_labels(params, support, 0.0)
     assert same is params and changed == 0
     assert support_half(1.0, 8.0) == pytest.approx(8.0 * 0.9 / 0.1)  # capped
+
+
+def test_views_with_left_and_right_swapped_are_found_against_the_consensus():
+    from facegs.fit.config import FitConfig
+    from facegs.fit.lr_views import find_swapped_views, flip_views
+    from facegs.splat.rgb_labels import render_rgb_labels
+
+    l_eye, r_eye = LS.index("l_eye"), LS.index("r_eye")
+    params = _scene([[-0.3, 0, 2.0], [0.3, 0, 2.0], [0, 0.4, 2.0]], [l_eye, r_eye, SKIN], np.log([0.12, 0.12, 0.12]))
+    cfg = FitConfig().resolved()
+    views = []
+    for dx in (0.0, 0.05, -0.05):  # three cameras, slightly apart
+        vm = torch.eye(4)
+        vm[0, 3] = dx
+        K = torch.tensor([[50.0, 0, 16], [0, 50.0, 16], [0, 0, 1]])
+        _, lab, _, _ = render_rgb_labels(params, vm[None], K[None], 32, 32, torch.zeros(1, 3), label_mode=cfg.label_mode)
+        views.append((vm, K, lab[0].argmax(-1)))
+    labels = torch.stack([v[2] for v in views])
+    assert int(((labels == l_eye) | (labels == r_eye)).sum(dim=(1, 2)).min()) >= 50
+    from facegs.fit.lr_views import flip_table
+
+    lut, _ = flip_table()
+    labels[1] = lut[labels[1]]  # view 1 has left and right exchanged
+    data = ViewData(view_ids=["a", "b", "c"], images=torch.zeros(3, 32, 32, 3), labels=labels.clone(),
+                    confidence=None, masks=None, gt_labels=None, weights=torch.ones(3),
+                    viewmats=torch.stack([v[0] for v in views]), Ks=torch.stack([v[1] for v in views]),
+                    width=32, height=32)
+    found = find_swapped_views(params, data, cfg)
+    assert [f["view"] for f in found] == ["b"] and found[0]["agree_flipped"] > 10 * max(found[0]["agree"], 1)
+    flip_views(data, found)
+    assert torch.equal(data.labels[1], lut[labels[1]]) and torch.equal(data.labels[0], labels[0])
+    assert (data.labels[1][labels[1] == SKIN] == SKIN).all()  # unsided classes unchanged
+    assert find_swapped_views(params, data, cfg) == []

@@ -87,6 +87,11 @@ class FitConfig:
         "after the fit, Gaussians seen by few labelled pixels take their well-seen neighbours' classes; the "
         "neighbourhood weighs this many pixels x rho/(1-rho), rho = how often the input labels disagree with "
         "the fit (0 = off)"))
+    # half-way through the fit, views whose left/right labels agree far better with the consensus
+    # once flipped are flipped for the rest of it (facegs.fit.lr_views)
+    lr_swap_check: bool = field(default=True, metadata=opt(
+        "keep views whose left/right labels are swapped as a whole (detected against the 3D consensus half-way "
+        "through the fit) as they are", flag="--no-lr-swap-check"))
     consensus_outliers: bool = field(default=False, metadata=opt(
         "EM-style down-weighting of labels that disagree with the 3D consensus"))
     consensus_start: int | None = None  # warm-up before the E-step (default steps // 3)

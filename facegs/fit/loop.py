@@ -81,6 +81,7 @@ from facegs.fit.losses import (
     update_inlier_prior,
     weighted_mean,
 )
+from facegs.fit.lr_views import find_swapped_views, flip_views
 from facegs.label.views import ViewLabels
 from facegs.splat.rgb_labels import (
     BACKGROUND_CLASS,
@@ -329,6 +330,9 @@ def fit_views(data: ViewData, cfg: FitConfig | None = None, *, manifest: Subject
                "n_refines": sum("refine" in m["events"] for m in metrics)}  # fmt: skip
     if inpaint is not None:
         summary["label_inpaint"] = inpaint
+    checked = [m for m in metrics if "lr_check" in m["events"]]
+    if checked:
+        summary["lr_flipped_views"] = [v["view"] for v in checked[0]["lr_flipped"]]
     if cfg.eval_at_end:
         t1 = time.perf_counter()
         summary["eval"] = evaluate(params, data, cfg, backend)
@@ -342,7 +346,14 @@ def _run_steps(params, optimizers, strategy, sstate, data, cfg, fs, backend, pro
     bar = tqdm(range(cfg.steps), desc="fit", disable=not progress, leave=False)
     for _ in bar:
         t = time.perf_counter()
+        flipped = None
+        if cfg.lr_swap_check and data.labels is not None and fs.step == cfg.steps // 2:
+            flipped = find_swapped_views(params, data, cfg, backend)
+            flip_views(data, flipped)
         m = fit_step(params, optimizers, strategy, sstate, data, cfg, fs, backend)
+        if flipped is not None:
+            m["events"].append("lr_check")
+            m["lr_flipped"] = flipped
         m["time_s"] = time.perf_counter() - t
         metrics.append(m)
         if progress and (fs.step % 10 == 0 or fs.step == cfg.steps):
