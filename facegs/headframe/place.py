@@ -24,10 +24,13 @@ frame is **reliable** when every check passes (:class:`PlacementConfig` holds th
 - ``n_landmarks`` >= ``min_landmarks``.
 
 Each check gives a term in [0, 1] (1 inside its limit, falling linearly to 0 at twice the limit);
-``reliability`` is their minimum. An unreliable frame is replaced by the most reliable label-free
-estimate (``policy="fallback"``: x from the symmetry plane, the rotation about it and the origin
-from the rig; the rig alone without a plane) or the subject fails with the reasons
-(``policy="fail"``, :class:`facegs.core.errors.FitError`). The source is recorded:
+``reliability`` is their minimum (``label_frame_reliability`` in the diagnostics). A frame below
+``min_reliability`` is replaced by the most reliable label-free estimate (``policy="fallback"``: x
+from the symmetry plane, the rotation about it and the origin from the rig; the rig alone without a
+plane) or the subject fails with the reasons (``policy="fail"``, :class:`facegs.core.errors.FitError`).
+A fallback frame's reliability is 0.5 (``cameras+symmetry``) or 0.25 (``cameras``) times the
+minimum of its own checks (``fallback_checks``: the plane's ``symmetry_rel`` and
+``rig_x_vs_symmetry_deg``, the plane's normal against the rig's x axis). The source is recorded:
 ``"labels+symmetry"``, ``"labels"`` (no plane), ``"cameras+symmetry"`` or ``"cameras"``.
 """
 
@@ -56,6 +59,9 @@ SYMMETRIC_CLASSES = ("skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_e
                      "u_lip", "l_lip", "neck")
 TEMPLATE_FACE_WIDTH = 2.0 * TEMPLATE["l_ear"][0]  # metres: ear to ear on the reference head
 POLICIES = ("fallback", "fail")
+# a label-free frame takes the rotation about x (pitch) and the origin from the rig, which only knows
+# where the cameras point, not how the head is held: at most this reliable, times its own checks
+FALLBACK_RELIABILITY = {"cameras+symmetry": 0.5, "cameras": 0.25}
 
 
 @dataclass(frozen=True)
@@ -209,7 +215,7 @@ def place_head_frame(params: dict[str, torch.Tensor], views: Sequence[CameraView
     terms = {k: v["term"] for k, v in checks.items()}
     reliability = min(terms.values()) if terms else 0.0
     failed = [f"{k} = {v['value']} (limit {v['limit']})" for k, v in checks.items() if v["term"] < 1.0]
-    diag["reliability"] = round(float(reliability), 4)
+    diag["label_frame_reliability"] = round(float(reliability), 4)
     if fused is not None and reliability >= cfg.min_reliability:
         source = "labels+symmetry" if plane is not None else "labels"
         frame = fused
@@ -220,6 +226,10 @@ def place_head_frame(params: dict[str, torch.Tensor], views: Sequence[CameraView
                            f"{cfg.min_reliability}): {why}", subject=subject)
         frame, source = _fallback(plane, rig, subject, why)
         diag["fallback_reason"] = why
+        diag["fallback_checks"] = _fallback_checks(plane, rig, surface, cfg)
+        reliability = FALLBACK_RELIABILITY[source] * min(
+            [c["term"] for c in diag["fallback_checks"].values()] or [1.0])
+    diag["reliability"] = round(float(reliability), 4)
     diag["reasons"] = reasons + failed
     diag["source"] = source
     if labels is not None:
@@ -296,6 +306,23 @@ def _checks(fused: Estimate | None, labels: HeadFrame | None, plane: SymmetryPla
     if rig is not None:
         add("rig_forward_deg", _angle(fused.R[:, 2], rig.world_from_head[:3, 2]), cfg.max_rig_forward_deg)
         add("rig_up_deg", _angle(fused.R[:, 1], rig.world_from_head[:3, 1]), cfg.max_rig_up_deg)
+    return out
+
+
+def _fallback_checks(plane: SymmetryPlane | None, rig: HeadFrame | None, surface: SurfacePoints,
+                     cfg: PlacementConfig) -> dict[str, dict[str, Any]]:
+    """The checks a label-free frame can pass: a clean mirror plane (residual in template metres,
+    the scale from the face's width along its normal) that agrees with the rig's x axis."""
+    if plane is None or rig is None:
+        return {}
+    u = surface.points @ plane.normal
+    scale = float(np.percentile(u, 97.5) - np.percentile(u, 2.5)) / TEMPLATE_FACE_WIDTH
+    out: dict[str, dict[str, Any]] = {}
+    for name, value, limit in (
+            ("symmetry_rel", plane.residual / max(scale, 1e-9), cfg.max_symmetry_rel),
+            ("rig_x_vs_symmetry_deg", min(_angle(plane.normal, rig.world_from_head[:3, 0]),
+                                          _angle(-plane.normal, rig.world_from_head[:3, 0])), cfg.max_rig_forward_deg)):
+        out[name] = {"value": round(float(value), 5), "limit": limit, "term": round(_term(value, limit), 4)}
     return out
 
 
