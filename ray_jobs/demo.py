@@ -1,7 +1,8 @@
 """``make demo``: the pipeline on the embedded default (synthetic subjects, CPU).
 
-Stages: synthetic capture subjects -> validation -> contact sheets -> base parser (near-frontal
-training only) -> initial labels of every capture view and their pose-binned evaluation against
+Stages: synthetic capture subjects -> validation -> contact sheets -> base parser (the checkpoint
+shipped in ``models/base_parser/``, trained once on near-frontal views only by the command in its
+README; ``--train-parser`` trains a small one instead) -> initial labels of every capture view and their pose-binned evaluation against
 ground truth -> the dataset factory on a local Ray (``ray_jobs.build_dataset``: parser labels ->
 joint 3DGS fit -> renders in the head frame -> WebDataset shards) and Ray Train fine-tuning over the
 shards, then the pose-binned comparison of the base and fine-tuned parsers on held-out subjects
@@ -29,12 +30,21 @@ from facegs.shards.manifest import read_manifest
 from facegs.shards.sheet import write_shard_contact_sheet
 from facegs.synth.generate import generate_dataset
 from facegs.train.augment import AugmentConfig
-from facegs.train.base_parser import BaseParserConfig, train_base_parser
+from facegs.train.base_parser import BaseParserConfig, make_training_subjects, train_base_parser
 from facegs.train.data import collect_views
 from facegs.train.loop import TrainConfig
 from ray_jobs import pipeline
 from ray_jobs.build_dataset import BuildError
 from ray_jobs.finetune import FinetuneError
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_PARSER = REPO / "models" / "base_parser" / "base.pt"
+# the fine-tuning configuration that measured best (docs/benchmarks.md, fine-tuning experiment):
+# renders at |yaw| 30-90 only (the consensus of a near-frontal parser beats the parser only away from
+# frontal), half of every batch from the parser's own near-frontal data, a gentle learning rate
+FINETUNE = {"abs_yaw_range": (30.0, 90.0), "mix_ratio": 0.5, "lr": 5e-4}
+FT_EPOCHS = 4
+FT_EPOCH_LENGTH = 96
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,13 +57,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rig", default="facescape", choices=["facescape", "nersemble"])
     p.add_argument("--res", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--parser-steps", type=int, default=600, help="base parser training steps")
-    p.add_argument("--parser-subjects", type=int, default=12, help="base parser training subjects")
+    p.add_argument("--parser", default=str(SHIPPED_PARSER),
+                   help="base parser checkpoint (default: the one shipped with facegs, models/base_parser/README.md)")
+    p.add_argument("--train-parser", action="store_true",
+                   help="train a small base parser here instead of using --parser (--parser-steps, --parser-subjects)")
+    p.add_argument("--parser-steps", type=int, default=600, help="base parser training steps (--train-parser)")
+    p.add_argument("--parser-subjects", type=int, default=12,
+                   help="near-frontal subjects: the base parser's training data with --train-parser, else the "
+                        "first of the shipped parser's own training subjects, regenerated as the frontal data "
+                        "mixed into fine-tuning")
     p.add_argument("--fit-steps", type=int, default=600, help="3DGS fit steps per subject (factory)")
     p.add_argument("--renders", type=int, default=24, help="novel views rendered per subject (factory)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
-    p.add_argument("--ft-epochs", type=int, default=3, help="fine-tuning epochs (Ray Train, 2 workers)")
-    p.add_argument("--ft-epoch-length", type=int, default=96, help="fine-tuning samples per worker per epoch")
+    p.add_argument("--ft-epochs", type=int, default=FT_EPOCHS, help="fine-tuning epochs (Ray Train, 2 workers)")
+    p.add_argument("--ft-epoch-length", type=int, default=FT_EPOCH_LENGTH,
+                   help="fine-tuning samples per worker per epoch")
     p.add_argument("--test-subjects", type=int, default=2, help="held-out grid subjects for the evaluation")
     return p.parse_args(argv)
 
@@ -90,16 +108,29 @@ def main(argv: list[str] | None = None) -> int:
         write_contact_sheet(load_manifest(d), sheets / f"{d.name}.png", max_views=24)
     stage("contact_sheets")
 
-    ckpt = out / "parser" / "base.pt"
-    if not ckpt.is_file():
-        print(f"[4/6] training the base parser on near-frontal views ({a.parser_steps} steps)")
-        cfg = BaseParserConfig(subjects=a.parser_subjects, views=12, res=a.res, width=0.25, seed=a.seed,
-                               train=TrainConfig(steps=a.parser_steps, batch_size=12, warmup_steps=30,
-                                                 augment=AugmentConfig(out_size=a.res)))
-        ckpt.parent.mkdir(exist_ok=True)
-        train_base_parser(cfg, out / "parser" / "train_subjects", ckpt)
+    frontal = out / "parser" / "train_subjects"
+    if a.train_parser:
+        ckpt = out / "parser" / "base.pt"
+        if not ckpt.is_file():
+            print(f"[4/6] training the base parser on near-frontal views ({a.parser_steps} steps)")
+            cfg = BaseParserConfig(subjects=a.parser_subjects, views=12, res=a.res, width=0.25, seed=a.seed,
+                                   train=TrainConfig(steps=a.parser_steps, batch_size=12, warmup_steps=30,
+                                                     augment=AugmentConfig(out_size=a.res)))
+            ckpt.parent.mkdir(exist_ok=True)
+            train_base_parser(cfg, frontal, ckpt)
+        else:
+            print(f"[4/6] reusing base parser {ckpt}")
     else:
-        print(f"[4/6] reusing base parser {ckpt}")
+        ckpt = Path(a.parser)
+        if not ckpt.is_file():
+            print(f"no base parser at {ckpt} (pass --parser CKPT or --train-parser)", file=sys.stderr)
+            return 2
+        train_cfg = json.loads(json.dumps(load_parser(ckpt).meta.get("extra", {}).get("train", {}).get("config", {})))
+        cfg = BaseParserConfig(subjects=a.parser_subjects, views=int(train_cfg.get("views", 16)),
+                               res=int(train_cfg.get("res", a.res)), seed=int(train_cfg.get("seed", 0)))
+        print(f"[4/6] base parser {ckpt}; regenerating {a.parser_subjects} of its near-frontal training subjects "
+              "for the fine-tuning mix")
+        make_training_subjects(frontal, cfg, progress=False)
     stage("base_parser")
 
     print("[5/6] labelling every capture view with the base parser and evaluating against ground truth")
@@ -119,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             make_test=a.test_subjects, test_res=a.res, seed=a.seed, steps=a.fit_steps, num_cpus=a.num_cpus,
             factory={"fit_preset": "cpu_demo", "n_renders": a.renders},
             finetune={"epochs": a.ft_epochs, "epoch_length": a.ft_epoch_length, "size": a.res, "workers": 2,
-                      "lr": 2e-3, "mix_dir": str(out / "parser" / "train_subjects"), "mix_ratio": 0.3}))
+                      "mix_dir": str(frontal), **FINETUNE}))
     except (BuildError, FinetuneError, InputError) as e:
         print(f"the pipeline failed ({e}): see {out / 'pipeline'}", file=sys.stderr)
         return 1
