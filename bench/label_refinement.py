@@ -37,12 +37,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facegs.core.cameras import rotation_angle_deg, w2c_to_head_pose  # noqa: E402
+from facegs.core.errors import FitError  # noqa: E402
 from facegs.core.labels import get_label_set  # noqa: E402
 from facegs.core.manifest import load_manifest  # noqa: E402
 from facegs.evaluate.confusion import ConfusionMatrix  # noqa: E402
 from facegs.evaluate.metrics import PoseBinnedEvaluator  # noqa: E402
 from facegs.evaluate.plots import plot_f1_vs_yaw  # noqa: E402
 from facegs.factory.config import FactoryConfig  # noqa: E402
+from facegs.factory.quality import combine  # noqa: E402
 from facegs.factory.subject import refine  # noqa: E402
 from facegs.headframe.estimate import estimate_head_frame  # noqa: E402
 from facegs.label.views import initial_labels  # noqa: E402
@@ -140,7 +142,14 @@ def run_fit(rig: str, seed: int, arm: str, a: argparse.Namespace, parser) -> dic
     cfg = fc.refine(seed)
     t0 = time.perf_counter()
     labels = initial_labels(m, "parser:x" if spec == "parser" else fc.labels, parser=parser, flip_tta=True, seed=seed)
-    r = refine(m, cfg, labels=labels)
+    try:
+        r = refine(m, cfg, labels=labels)
+    except FitError as e:  # the factory refuses the subject (recorded as a failure, never shipped)
+        rec = {"rig": rig, "seed": seed, "arm": arm, "labels": spec, "fit_s": round(time.perf_counter() - t0, 1),
+               "failed": str(e)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rec, indent=1))
+        return rec
     t_fit = time.perf_counter() - t0
     err = rotation_angle_deg(r.head_frame.world_from_head[:3, :3], T[:3, :3])
     old = old_head_frame(r.params)
@@ -178,6 +187,9 @@ def run(rig: str, a: argparse.Namespace) -> None:
         for arm in a.arms:
             t0 = time.perf_counter()
             rec = run_fit(rig, seed, arm, a, parser)
+            if "failed" in rec:
+                print(f"[{rig}] s{seed} {arm:12s} FAILED (the factory refuses it): {rec['failed']}", flush=True)
+                continue
             print(f"[{rig}] s{seed} {arm:12s} head frame {rec['head_frame']['error_deg']:5.1f} deg "
                   f"({rec['head_frame']['source']}, rel {rec['head_frame']['reliability']}) "
                   f"user mIoU {100 * rec['user']['miou']:5.1f} (60-90: {100 * rec['user']['miou_60_90']:5.1f}) "
@@ -197,6 +209,10 @@ def _spearman(x: list[float], y: list[float]) -> float:
 
 def report(a: argparse.Namespace) -> str:
     recs = [json.loads(p.read_text()) for p in sorted((OUT / "fits").glob("*.json"))]
+    refused = [r for r in recs if "failed" in r]
+    recs = [r for r in recs if "failed" not in r]
+    for r in recs:  # the score from its stored terms with today's formula (fits cached before a change)
+        r["quality"]["quality"] = combine(r["quality"])
     if not recs:
         return "no fits yet"
     pct = lambda x: "-" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"  # noqa: E731
@@ -254,15 +270,37 @@ def report(a: argparse.Namespace) -> str:
     q = [r["quality"]["quality"] for r in recs]
     true = [r["user"]["miou"] for r in recs]
     rho = _spearman(q, true)
+    term_rho = {k: _spearman([float(r["quality"][k]) for r in recs], true)
+                for k in ("consensus_confidence", "input_miou", "psnr", "head_frame_reliability", "ignore_fraction")
+                if all(r["quality"].get(k) is not None for r in recs)}
     flagged_ok = [r for r in recs if r["head_frame"]["error_deg"] > 10]
     silent = [r for r in flagged_ok if (r["head_frame"]["reliability"] or 0) >= 0.5 and
               r["head_frame"]["source"].startswith("labels")]
     lines += ["", f"Quality score vs true user-render mIoU over all {len(recs)} fits: Spearman rank correlation "
-              f"{rho:.2f}. Fits with a final head-frame error > 10 deg: {len(flagged_ok)}; of those accepted as "
-              f"reliable (silent failures): {len(silent)}."]
+              f"{rho:.2f} (each term alone: " + ", ".join(f"{k} {v:.2f}" for k, v in term_rho.items()) + f"). Fits with a final head-frame error > 10 deg: {len(flagged_ok)}; of those accepted as "
+              f"reliable (silent failures): {len(silent)}. Fits the factory refuses (a failure with the reasons, "
+              f"never shipped; not in the tables): {len(refused)}"
+              + "".join(f"\n- {r['rig']}/s{r['seed']}/{r['arm']}: {r['failed']}" for r in refused)]
+    # what a --min-quality gate would do: fits kept and dropped, and their true mIoU
+    gate = {}
+    lines += ["", "| `--min-quality` | fits kept | true mIoU kept (mean, min) | fits dropped | true mIoU dropped (mean) |",
+              "|---:|---:|---:|---:|---:|"]
+    for thr in (0.2, 0.4, 0.5, 0.6, 0.7):
+        kept = [t for s, t in zip(q, true) if s >= thr]
+        dropped = [t for s, t in zip(q, true) if s < thr]
+        gate[str(thr)] = {"kept": len(kept), "dropped": len(dropped),
+                          "kept_mean": float(np.mean(kept)) if kept else None,
+                          "kept_min": float(np.min(kept)) if kept else None,
+                          "dropped_mean": float(np.mean(dropped)) if dropped else None}
+        g = gate[str(thr)]
+        lines.append(f"| {thr} | {len(kept)} | {pct(g['kept_mean'])}, {pct(g['kept_min'])} | {len(dropped)} | "
+                     f"{pct(g['dropped_mean'])} |")
     summary = {"table": table, "per_class_clean": per_class, "spearman_quality_vs_true_miou": rho,
+               "spearman_terms": term_rho,
+               "min_quality_gate": gate,
                "head_frame_over_10deg": [f"{r['rig']}/s{r['seed']}/{r['arm']}" for r in flagged_ok],
                "silent_failures": [f"{r['rig']}/s{r['seed']}/{r['arm']}" for r in silent],
+               "refused": [{k: r[k] for k in ("rig", "seed", "arm", "failed")} for r in refused],
                "fits": [{k: r[k] for k in ("rig", "seed", "arm", "fit_s")} | {
                    "quality": r["quality"]["quality"], "true_miou": r["user"]["miou"],
                    "head_frame_error_deg": r["head_frame"]["error_deg"]} for r in recs]}

@@ -11,7 +11,11 @@ Round r (1..K), under ``OUT/round{r}/``:
 2. ``parser.pt``: ``ray_jobs.finetune`` (Ray Train, DDP) starts from the current parser and trains
    on the round's shards (optionally mixed with an original labelled set); it becomes the current
    parser of round r+1 (the spirit of FOCUS's EM rounds: better labels -> better consensus -> a
-   better parser).
+   better parser). With ``--wise-max-drop D`` the fine-tuned weights are interpolated with the
+   round's starting parser (WiSE-FT, :mod:`facegs.evaluate.wise`): ``parser_wise.pt``, alpha the
+   largest whose mean F1 on near-frontal validation views (``--wise-val-set``, or subjects
+   synthesised into ``OUT/val_frontal``; never the test set) loses at most D points; it is then the
+   round's parser.
 Finally ``ray_jobs.evaluate``'s report compares the base parser and every round's parser on the
 test set by pose bin (``OUT/report/``), and ``OUT/pipeline.json`` holds per-round numbers: the
 factory's counts and failures, the refined labels' agreement with the capture's ground truth
@@ -46,8 +50,10 @@ from facegs.evaluate.compare import evaluate_checkpoints
 from facegs.evaluate.report import write_report
 from facegs.evaluate.tables import summary_table
 from facegs.evaluate.testsets import load_test_items, make_test_set
+from facegs.evaluate.wise import WISE_RULES, write_chosen
 from facegs.factory.config import FactoryConfig
 from facegs.factory.markers import complete_subjects
+from facegs.parser.checkpoint import load_parser
 from facegs.train.finetune import FinetuneConfig
 from ray_jobs.build_dataset import BuildConfig, BuildError, build
 from ray_jobs.finetune import FinetuneError, run_finetune
@@ -82,6 +88,17 @@ class PipelineConfig:
     steps: int | None = field(default=None, metadata=opt("fit steps (default: the preset's)"))
     address: str | None = field(default=None, metadata=opt("Ray address (default: $RAY_ADDRESS, else a local Ray)"))
     num_cpus: int | None = field(default=None, metadata=opt("CPUs of a new local Ray (default: all)"))
+    wise_max_drop: float | None = field(default=None, metadata=opt(
+        "interpolate each round's fine-tuned weights with the round's starting parser (WiSE-FT): alpha the largest "
+        "whose mean F1 on near-frontal validation views loses at most this many points (default: off)"))
+    wise_val_set: str | None = field(default=None, metadata=opt(
+        "labelled near-frontal validation views for --wise-max-drop (a test-set layout, see ray_jobs.evaluate; "
+        "default: --wise-val-subjects synthetic subjects in OUT/val_frontal); never the test set"))
+    wise_rule: str = field(default="largest", metadata=opt(
+        "how --wise-max-drop picks alpha among those within the drop: 'largest' (the most fine-tuning allowed) or "
+        "'best' (the highest validation mean F1)", choices=WISE_RULES))
+    wise_val_subjects: int = field(default=2, metadata=opt(
+        "synthetic near-frontal validation subjects (|yaw| <= 30) made when --wise-val-set is not given"))
     factory: dict[str, Any] = field(default_factory=dict)  # FactoryConfig fields for every round's factory
     build: dict[str, Any] = field(default_factory=dict)  # other BuildConfig fields (e.g. progress)
     finetune: dict[str, Any] = field(default_factory=lambda: dict(FINETUNE_DEFAULTS))  # FinetuneConfig fields
@@ -118,10 +135,30 @@ def _round(cfg: PipelineConfig, r: int, current: Path, out: Path) -> dict[str, A
                                        "name": f"round{r}", "seed": cfg.seed + r}))
     else:
         print(f"[pipeline] round {r}: reusing {ckpt}")
-    return {"round": r, "labels_from": labels, "dataset": str(rd / "dataset"), "parser": str(ckpt),
+    wise = _wise(cfg, current, ckpt, rd / "parser_wise.pt", out) if cfg.wise_max_drop is not None else None
+    return {"round": r, "labels_from": labels, "dataset": str(rd / "dataset"),
+            "parser": str(rd / "parser_wise.pt" if wise else ckpt), "finetuned": str(ckpt), "wise_ft": wise,
             "samples": fsum["finalize"]["manifest_samples"], "subjects_complete": fsum["finalize"]["complete_subjects"],
             "subjects_failed": fsum["subjects_failed"], "label_quality": label_quality(rd / "dataset"),
             "factory_s": round(t_factory, 1), "finetune_s": round(time.time() - ts, 1)}
+
+
+def _wise(cfg: PipelineConfig, base: Path, ft: Path, dest: Path, out: Path) -> dict[str, Any]:
+    """WiSE-FT of one round (``dest`` reused when it exists): alpha, the validation views and table."""
+    if dest.is_file():
+        info = load_parser(dest).meta["extra"]["wise_ft"]
+    else:
+        if cfg.wise_val_set:
+            val_dir = Path(cfg.wise_val_set)
+        else:
+            val_dir = out / "val_frontal"
+            make_test_set(val_dir, cfg.wise_val_subjects, seed=cfg.seed + 2000, res=cfg.test_res,
+                          yaws=(-30, -20, -10, 0, 10, 20, 30))
+        info = write_chosen(base, ft, dest, load_test_items(val_dir), max_drop=float(cfg.wise_max_drop),
+                            flip_tta=cfg.flip_tta, rule=cfg.wise_rule, extra={"val_set": str(val_dir)})
+    print(f"[pipeline] WiSE-FT: alpha {info['alpha']:g} (validation mean F1 by alpha: "
+          + ", ".join(f"{row['alpha']:g}:{row['mean_f1']:.1f}" for row in info["table"]) + ")", flush=True)
+    return {"alpha": info["alpha"], "val_views": info["val_views"], "table": info["table"]}
 
 
 def _print_rounds(rounds: list[dict[str, Any]]) -> None:

@@ -165,3 +165,18 @@ def test_symmetry_plane_of_a_mirror_symmetric_cloud():
     assert abs(abs(plane.offset) - abs(float(x @ [0.1, -0.2, 0.3]))) < 0.003
     with pytest.raises(ValueError):
         symmetry_plane(world[:5], [x])
+
+
+
+def test_labels_plane_and_rig_all_disagreeing_fail_the_subject(subject, surface):
+    # the head rolled 90 deg inside the rig (lying on its side): the labels and the plane agree with
+    # each other but not with the rig, so no estimate passes all its checks; the subject fails
+    # under either policy instead of shipping renders whose poses may be 90 deg off
+    pts, lab = surface
+    c = pts.mean(0)
+    turned = (pts - c) @ _rot([0, 0, 1], 90.0).T + c
+    scene = _scene(turned, lab)
+    views = capture_views(subject)
+    with pytest.raises(FitError, match="fallback .* fails its own .*rig_x_vs_symmetry_deg") as e:
+        place_head_frame(scene, views, subject="s105")
+    assert "s105" in str(e.value)

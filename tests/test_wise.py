@@ -92,6 +92,11 @@ def test_choose_alpha_keeps_frontal_accuracy_within_the_allowed_drop(ckpts, val_
     assert all(r["mean_f1"] < floor for r in table if r["alpha"] > alpha)  # the largest admissible one
     a_any, _ = choose_alpha(base, ft, items, max_drop=1e9, alphas=(0.3, 0.7))
     assert a_any == 0.7
+    best, _ = choose_alpha(base, ft, items, max_drop=1.0, rule="best")
+    top = max(r["mean_f1"] for r in table if r["mean_f1"] >= floor)
+    assert best == min(r["alpha"] for r in table if r["mean_f1"] == top)  # the highest validation F1
+    with pytest.raises(ValueError, match="rule"):
+        choose_alpha(base, ft, items, rule="median")
     with pytest.raises(ValueError, match="max_drop"):
         choose_alpha(base, ft, items, max_drop=-1)
 

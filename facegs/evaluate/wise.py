@@ -24,32 +24,48 @@ def overall_mean_f1(results: Any, name: str) -> float:
     return float("nan") if v is None else 100.0 * float(v)
 
 
+WISE_RULES = ("largest", "best")
+
+
 def choose_alpha(base: ParserModel, ft: ParserModel, val_items: Sequence[Any], *, max_drop: float = 1.0,
-                 alphas: Sequence[float] = DEFAULT_ALPHAS, flip_tta: bool = False,
+                 alphas: Sequence[float] = DEFAULT_ALPHAS, flip_tta: bool = False, rule: str = "largest",
                  progress: bool = False) -> tuple[float, list[dict[str, float]]]:
-    """The largest ``alpha`` in ``alphas`` whose mean F1 on ``val_items`` (near-frontal labelled
-    views, :func:`facegs.evaluate.testsets.load_test_items`) is at least the base's minus ``max_drop``
-    points; ``0.0`` (the base) when none is. Returns ``(alpha, [{"alpha", "mean_f1"}, ...])``.
+    """Choose the interpolation ``alpha`` among those in ``alphas`` (0 = the base is always a
+    candidate) whose mean F1 on ``val_items`` (near-frontal labelled views,
+    :func:`facegs.evaluate.testsets.load_test_items`) is at least the base's minus ``max_drop`` points.
+
+    ``rule``: ``largest`` takes the largest such alpha (the most fine-tuning the validation set
+    allows); ``best`` the one with the highest validation mean F1 (the smallest on ties: WiSE-FT's
+    mixing coefficient chosen on held-out data). ``0.0`` when none qualifies. Returns
+    ``(alpha, [{"alpha", "mean_f1"}, ...])``.
     """
     if max_drop < 0:
         raise ValueError(f"max_drop must be >= 0 points, got {max_drop}")
+    if rule not in WISE_RULES:
+        raise ValueError(f"rule must be one of {WISE_RULES}, got {rule!r}")
     grid = sorted({float(a) for a in alphas} | {0.0})
     models = {f"a{int(round(a * 1000)):04d}": interpolate_parsers(base, ft, a) for a in grid}
     res = evaluate_checkpoints(models, val_items, flip_tta=flip_tta, progress=progress, pitch_bins=None)
     table = [{"alpha": a, "mean_f1": overall_mean_f1(res, n)} for a, n in zip(grid, models)]
     floor = table[0]["mean_f1"] - max_drop
-    ok = [row["alpha"] for row in table if row["mean_f1"] >= floor]
-    return (max(ok) if ok else 0.0), table
+    ok = [row for row in table if row["mean_f1"] >= floor]
+    if not ok:
+        return 0.0, table
+    if rule == "best":
+        return max(ok, key=lambda row: (row["mean_f1"], -row["alpha"]))["alpha"], table
+    return max(row["alpha"] for row in ok), table
 
 
 def write_chosen(base_path: str | os.PathLike, ft_path: str | os.PathLike, out: str | os.PathLike,
-                 val_items: Sequence[Any], *, max_drop: float = 1.0, flip_tta: bool = False, progress: bool = False,
-                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 val_items: Sequence[Any], *, max_drop: float = 1.0, flip_tta: bool = False, rule: str = "largest",
+                 progress: bool = False, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Load both checkpoints once, :func:`choose_alpha` on ``val_items`` and write the interpolated
     checkpoint (:func:`facegs.train.wise.write_interpolated`); its ``wise_ft`` metadata also records
     the number of views, ``max_drop`` and the alpha table. Returns that metadata."""
     base, ft = load_parser(base_path), load_parser(ft_path)
-    alpha, table = choose_alpha(base, ft, val_items, max_drop=max_drop, flip_tta=flip_tta, progress=progress)
+    alpha, table = choose_alpha(base, ft, val_items, max_drop=max_drop, flip_tta=flip_tta, rule=rule,
+                                progress=progress)
     return write_interpolated(base_path, ft_path, out, alpha, base=base, ft=ft,
-                              extra={"val_views": len(val_items), "max_drop": float(max_drop), "table": table,
+                              extra={"val_views": len(val_items), "max_drop": float(max_drop), "rule": rule,
+                                     "table": table,
                                      **dict(extra or {})})

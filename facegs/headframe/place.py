@@ -30,7 +30,9 @@ from the symmetry plane, the rotation about it and the origin from the rig; the 
 plane) or the subject fails with the reasons (``policy="fail"``, :class:`facegs.core.errors.FitError`).
 A fallback frame's reliability is 0.5 (``cameras+symmetry``) or 0.25 (``cameras``) times the
 minimum of its own checks (``fallback_checks``: the plane's ``symmetry_rel`` and
-``rig_x_vs_symmetry_deg``, the plane's normal against the rig's x axis). The source is recorded:
+``rig_x_vs_symmetry_deg``, the plane's normal against the rig's x axis); a fallback whose checks
+give 0 fails the subject under either policy (the labels, the plane and the rig all disagree: no
+frame to trust). The source is recorded:
 ``"labels+symmetry"``, ``"labels"`` (no plane), ``"cameras+symmetry"`` or ``"cameras"``.
 """
 
@@ -224,11 +226,16 @@ def place_head_frame(params: dict[str, torch.Tensor], views: Sequence[CameraView
         if cfg.policy == "fail":
             raise FitError(f"cannot place the head frame reliably (reliability {reliability:.2f} < "
                            f"{cfg.min_reliability}): {why}", subject=subject)
+        fb_checks = _fallback_checks(plane, rig, surface, cfg)
         frame, source = _fallback(plane, rig, subject, why)
         diag["fallback_reason"] = why
-        diag["fallback_checks"] = _fallback_checks(plane, rig, surface, cfg)
-        reliability = FALLBACK_RELIABILITY[source] * min(
-            [c["term"] for c in diag["fallback_checks"].values()] or [1.0])
+        diag["fallback_checks"] = fb_checks
+        reliability = FALLBACK_RELIABILITY[source] * min([c["term"] for c in fb_checks.values()] or [1.0])
+        if reliability <= 0.0:
+            # the labels, the symmetry plane and the rig all disagree: no estimate to ship renders with
+            bad = "; ".join(f"{k} = {v['value']} (limit {v['limit']})" for k, v in fb_checks.items() if v["term"] <= 0)
+            raise FitError(f"cannot place the head frame: the label frame fails its checks ({why}) and the label-free "
+                           f"fallback ({source}) fails its own ({bad})", subject=subject)
     diag["reliability"] = round(float(reliability), 4)
     diag["reasons"] = reasons + failed
     diag["source"] = source
