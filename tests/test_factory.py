@@ -18,7 +18,8 @@ from s3_server import S3Env, s3_fs, s3_server  # noqa: F401  (pytest fixtures)
 
 from facegs.cli.app import main as facegs_main
 from facegs.factory.config import FactoryConfig, config_hash
-from facegs.factory.markers import complete_subjects, finalize
+from facegs.factory.finalize import finalize
+from facegs.factory.markers import complete_subjects
 from facegs.factory.process import process_subject
 from facegs.factory.sources import list_subject_urls
 from facegs.shards.manifest import read_manifest

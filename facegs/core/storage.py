@@ -165,8 +165,26 @@ class _SmallFirstWriter:
         self.fs, self.path = fs, path
         self.buf: io.BytesIO | None = io.BytesIO()
         self.f: Any = None
+        self.nbytes = 0
+        self.closed = False
+
+    def tell(self) -> int:
+        return self.nbytes
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Nothing to do: bytes are published by :meth:`finish` only."""
 
     def write(self, b: bytes) -> int:
+        self.nbytes += len(b)
         if self.f is not None:
             return self.f.write(b)
         assert self.buf is not None
@@ -181,6 +199,7 @@ class _SmallFirstWriter:
         """Nothing to do: bytes are published by :meth:`finish` only."""
 
     def finish(self) -> None:
+        self.closed = True
         if self.f is None:
             assert self.buf is not None
             self.fs.pipe_file(self.path, self.buf.getvalue())
@@ -190,6 +209,7 @@ class _SmallFirstWriter:
         self.f.commit()  # completes the multipart upload: the key appears whole
 
     def abort(self) -> None:
+        self.closed = True
         self.buf = None
         if self.f is not None:
             with contextlib.suppress(Exception):

@@ -78,6 +78,39 @@ def iter_files(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[dict[str, A
                    "type": "file"}
 
 
+def iter_subdirs(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
+    """Paths of the directories directly in ``path``, streamed (S3: common prefixes, page by page;
+    local: in name order -- the names are sorted, nothing else is held)."""
+    if is_local_fs(fs):
+        d = fs._strip_protocol(path).rstrip("/")
+        try:
+            names = sorted(e.name for e in os.scandir(d) if e.is_dir())
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for n in names:
+            yield f"{d}/{n}"
+        return
+    if _is_s3(fs):
+        bucket, key, _ = fs.split_path(path)
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key.rstrip("/") + "/" if key else "",
+                                  "Delimiter": "/", "MaxKeys": LIST_PAGE}
+        while True:
+            out = sync(fs.loop, fs._call_s3, "list_objects_v2", **kwargs)
+            for c in out.get("CommonPrefixes", []):
+                yield f"{bucket}/{c['Prefix'].rstrip('/')}"
+            if not out.get("IsTruncated"):
+                return
+            kwargs["ContinuationToken"] = out["NextContinuationToken"]
+    fs.invalidate_cache(path)
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return
+    for e in sorted(entries, key=lambda e: e["name"]):
+        if e.get("type") == "directory":
+            yield e["name"].rstrip("/")
+
+
 def base_name(path: str) -> str:
     """The last component of a path or key."""
     return path.rsplit("/", 1)[-1]

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facegs.core.hashing import sha256_of
-from facegs.core.storage import TMP_MARKER
 from facegs.core.ids import check_id
+from facegs.core.storage import TMP_MARKER
 from facegs.shards.listing import base_name, iter_files, read_many
 from facegs.shards.root import RECORDS_DIR, SHARDS_DIR, DatasetRoot, ShardRecord, Verify, record_name
 from facegs.shards.schema import shard_name

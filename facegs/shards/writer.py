@@ -175,7 +175,7 @@ def commit_subject(
     order, deleted highest first), so steps 1 and 4 find them by probing keys upwards from 000000 and
     from the new shard count: a fresh subject costs one probe each, and one object write per shard
     and per record. Anything a crash leaves outside that contiguous run is an orphan that
-    :func:`facegs.factory.markers.finalize` removes.
+    :func:`facegs.factory.finalize.finalize` removes.
     """
     sample_key(subject_id, 0)  # validates the id (no dots or slashes)
     root = DatasetRoot.open(root_url, storage_options)
