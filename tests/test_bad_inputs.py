@@ -689,7 +689,7 @@ def words_of(kind: str) -> tuple[str, ...]:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(SUBJECT_ACCEPTED) + list(G1_ACCEPTED))
 def test_subject_kinds_accepted_on_purpose(kind, factory_runs):
-    f, s, r = factory_runs, factory_runs["summary"], factory_runs["run"]
+    f, r = factory_runs, factory_runs["run"]
     if kind in SUBJECT_ACCEPTED:
         res = f["results"][f"b_{kind}"]
         assert res["n_samples"] == 3
