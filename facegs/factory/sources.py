@@ -51,7 +51,7 @@ def _url_column(names: list[str], source: str) -> str:
                      path=source)
 
 
-def _iter_list_file(fs: fsspec.AbstractFileSystem, path: str, source: str) -> Iterator[str]:
+def iter_list_file(fs: fsspec.AbstractFileSystem, path: str, source: str) -> Iterator[str]:
     """Subject URLs of a list file, read streaming: ``.parquet`` (row group by row group), ``.csv``
     (a header row with a ``url`` column), otherwise text (one per line, ``#`` comments)."""
     low = path.lower()
@@ -163,7 +163,7 @@ def iter_subjects(source: str, storage_options: dict[str, Any] | None = None) ->
         seen: set[str] = set()
 
         def urls() -> Iterator[str]:
-            for u in _iter_list_file(fs, path, source):
+            for u in iter_list_file(fs, path, source):
                 if u not in seen:
                     seen.add(u)
                     yield u
