@@ -132,7 +132,7 @@ def parse_part(text: str) -> tuple[int, int]:
     except ValueError:
         raise ValueError(f"--part must be K/N with integers 1 <= K <= N (e.g. 2/8), got {text!r}") from None
     if not 1 <= k <= n:
-        raise ValueError(f"--part {text!r}: K must be between 1 and N")
+        raise ValueError(f"--part {text!r}: K/N needs 1 <= K <= N")
     return k, n
 
 
