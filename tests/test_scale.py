@@ -315,3 +315,19 @@ def test_subject_index_quality_and_dataset_info(tmp_path, capsys):
     assert facegs_main(["dataset", "info", str(root)]) == 0
     text = capsys.readouterr().out
     assert f"quality of 20 subjects: min {qs[0]:.3f}" in text and "below --min-quality 0.5" in text
+
+
+def test_older_root_markers_without_manifest_rows_are_still_read(tmp_path):
+    root = tmp_path / "ds"
+    for sid in ("o1", "o2"):
+        fake_subject(str(root), sid, n_samples=2)
+        p = root / "subjects" / f"{sid}.json"
+        m = json.loads(p.read_text())
+        del m["records"]  # as written before the markers carried their manifest rows
+        m["shards"] = [{k: s[k] for k in ("shard", "sha256", "num_samples")} for s in m["shards"]]
+        p.write_text(json.dumps(m))
+    (root / "records" / "o2-000001.json").unlink()  # and one of them lost a record: incomplete
+    assert set(complete_subjects(str(root))) == {"o1"}
+    fin = finalize(str(root))
+    assert fin["complete_subjects"] == 1 and fin["manifest_shards"] == 2
+    assert [r["shard"] for r in read_manifest(str(root)).to_pylist()] == ["shards/o1-000000.tar", "shards/o1-000001.tar"]
