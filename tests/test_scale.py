@@ -331,3 +331,19 @@ def test_older_root_markers_without_manifest_rows_are_still_read(tmp_path):
     fin = finalize(str(root))
     assert fin["complete_subjects"] == 1 and fin["manifest_shards"] == 2
     assert [r["shard"] for r in read_manifest(str(root)).to_pylist()] == ["shards/o1-000000.tar", "shards/o1-000001.tar"]
+
+
+def test_dataset_verify(tmp_path, capsys):
+    root = tmp_path / "ds"
+    for sid in ("v1", "v2"):
+        fake_subject(str(root), sid, n_samples=2)
+    finalize(str(root))
+    assert facegs_main(["dataset", "verify", str(root)]) == 0
+    assert "4 of 4 shards match" in capsys.readouterr().out
+    p = root / "shards" / "v2-000001.tar"
+    data = bytearray(p.read_bytes())
+    data[700] ^= 0xFF
+    p.write_bytes(bytes(data))
+    assert facegs_main(["dataset", "verify", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "v2-000001.tar" in out and "3 of 4 shards match" in out

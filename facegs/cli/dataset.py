@@ -5,6 +5,8 @@
   ``--min-quality``), failed subjects and leftovers (orphans) — read from the manifest, the subject
   index ``subjects.parquet`` (the done markers of an older root), ``summary.json`` and a listing.
 - ``facegs dataset sheet ROOT --out sheet.png``: contact sheet of samples spread over yaw.
+- ``facegs dataset verify ROOT``: read every shard of the manifest and check it against its row
+  (sha256, bytes, sample count); exit status 1 when any differs.
 - ``facegs dataset finalize ROOT``: delete leftovers of interrupted runs and re-merge the manifest
   (only when no factory run is writing to ROOT).
 """
@@ -20,8 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from facegs.core.errors import InputError
 from facegs.factory.finalize import finalize
 from facegs.factory.markers import FAILURES_DIR, SUBJECT_INDEX, SUMMARY_NAME, complete_subjects, read_json_dir
+from facegs.shards.integrity import ShardExpectation, iter_verified_samples
 from facegs.shards.manifest import read_manifest
 from facegs.shards.root import DatasetRoot
 from facegs.shards.scan import find_orphans
@@ -123,17 +127,36 @@ def cmd_sheet(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(a: argparse.Namespace) -> int:
+    """Stream every shard of the manifest against its row (sha256, bytes, sample count); exit 1 if
+    any differs or is missing (one line each)."""
+    root = DatasetRoot.open(a.root, _so(a))
+    rows = read_manifest(root).select(["shard", "num_samples", "num_bytes", "sha256"]).to_pylist()
+    bad = 0
+    for r in rows:
+        expect = ShardExpectation(int(r["num_samples"]), int(r["num_bytes"]), str(r["sha256"]))
+        try:
+            for _ in iter_verified_samples(root.fs, root.join(r["shard"]), r["shard"], expect):
+                pass
+        except InputError as e:
+            bad += 1
+            print(f"bad: {e}")
+    print(f"{len(rows) - bad} of {len(rows)} shards match the manifest")
+    return 1 if bad else 0
+
+
 def cmd_finalize(a: argparse.Namespace) -> int:
     print(json.dumps(finalize(a.root, _so(a)), indent=1))
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dataset", help="inspect or tidy a shard dataset root (info, sheet, finalize)",
+    p = sub.add_parser("dataset", help="inspect or tidy a shard dataset root (info, sheet, verify, finalize)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     dsub = p.add_subparsers(dest="dataset_cmd", required=True)
     for name, fn, hlp in (("info", cmd_info, "manifest summary, pose histogram, failures, leftovers"),
                           ("sheet", cmd_sheet, "contact sheet of samples spread over yaw"),
+                          ("verify", cmd_verify, "check every shard against its manifest row (sha256, size, count)"),
                           ("finalize", cmd_finalize, "remove leftovers and re-merge the manifest")):
         q = dsub.add_parser(name, help=hlp, description=hlp)
         q.add_argument("root", metavar="ROOT", help="dataset root (path or fsspec URL)")
