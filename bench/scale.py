@@ -29,6 +29,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -193,7 +194,8 @@ def fresh_plan_memory(n: int, tmp: Path) -> dict[str, float]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| storage | N | commit one at N (ms) | all N commits, wall per subject (ms) | start-up fresh (s) | start-up rerun (s) | "
-            "finalize (s) | dup check (s) | stream 1st sample (s) | plan mem retained/peak (MB) | "
+            "finalize (s) | dup check (s) | stream 1st sample (s) | start-up memory MB: fresh retained/peak, rerun "
+            "retained/peak | "
             "S3 req/subject run (LIST/HEAD/GET/PUT/DELETE = total) | S3 req/subject rerun start-up |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -201,10 +203,13 @@ def table(rows: list[dict[str, Any]]) -> str:
         run = (" / ".join(f"{rq['run_total'][k]:g}" for k in KINDS) + f" = {rq['run_total_all']:g}") if rq else "-"
         rerun = f"{sum(rq['startup_rerun'].values()):.3g}" if rq else "-"
         mem = r["memory_startup_rerun"]
+        fresh = r.get("memory_startup_fresh")
+        mem_s = (f"{fresh['retained_mb']:.1f}/{fresh['peak_mb']:.1f}, " if fresh else "-, ") + \
+            f"{mem['retained_mb']:.1f}/{mem['peak_mb']:.1f}"
         stream = f"{r['stream_first_sample_s']:.2f}" if "stream_first_sample_s" in r else "-"
         lines.append(f"| {r['storage']} | {r['n']} | {1e3 * r['commit_one_at_n_s']:.2f} | {1e3 * r['commit_wall_per_subject_s']:.2f} | "
                      f"{r['startup_fresh_s']:.2f} | {r['startup_rerun_s']:.2f} | {r['finalize_s']:.2f} | "
-                     f"{r['duplicate_check_s']:.3f} | {stream} | {mem['retained_mb']:.1f}/{mem['peak_mb']:.1f} | "
+                     f"{r['duplicate_check_s']:.3f} | {stream} | {mem_s} | "
                      f"{run} | {rerun} |")
     return "\n".join(lines)
 
@@ -226,8 +231,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             axes[1].plot(ns, [r["requests_per_subject"]["run_total_all"] for r in rs], "o-",
                          label=f"{storage}: requests per subject, whole run")
     axes[0].set(xscale="log", yscale="log", xlabel="subjects N", ylabel="ms", title="bookkeeping cost per subject")
+    axes[1].axhline(10, ls=":", color="gray", label="goal: at most 10")
     axes[1].set(xscale="log", xlabel="subjects N", ylabel="requests", title="S3 requests per subject (moto)",
-                ylim=(0, None))
+                ylim=(0, 12))
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -245,7 +251,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--probe", type=int, default=30, help="extra subjects committed at N (median time)")
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "scale.json"))
     ap.add_argument("--plot", default=str(REPO / "bench" / "out" / "scale.png"))
+    ap.add_argument("--replot", action="store_true", help="only print the table and redraw the plot of --out")
     a = ap.parse_args(argv)
+    if a.replot:
+        rows = json.loads(Path(a.out).read_text())["rows"]
+        print(table(rows))
+        plot(rows, Path(a.plot))
+        return
     if a.quick:
         a.sizes, a.s3_sizes = "200,2000", "200"
     sizes = [int(x) for x in a.sizes.split(",") if x]
@@ -260,18 +272,25 @@ def main(argv: list[str] | None = None) -> None:
             r["wall_s"] = round(time.perf_counter() - t0, 1)
             rows.append(r)
             print(f"[scale] local N={n}: {r['wall_s']} s", flush=True)
+            save(a, rows)  # after each size: a later failure loses nothing measured
+            shutil.rmtree(f"{tmp}/local-{n}", ignore_errors=True)
+            shutil.rmtree(f"{tmp}/mem-{n}", ignore_errors=True)
         if s3_sizes:
-            rows += run_s3(s3_sizes, a.probe, a.workers)
-    env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-           "fsspec": fsspec.__version__}
+            rows += run_s3(s3_sizes, a.probe, a.workers, lambda s3_rows: save(a, rows + s3_rows))
+    save(a, rows)
     print(table(rows))
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"env": env, "args": vars(a), "rows": rows}, indent=1))
     plot(rows, Path(a.plot))
     print(f"wrote {a.out} and {a.plot}")
 
 
-def run_s3(sizes: list[int], probe: int, workers: int) -> list[dict[str, Any]]:
+def save(a: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+           "fsspec": fsspec.__version__}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"env": env, "args": vars(a), "rows": rows}, indent=1))
+
+
+def run_s3(sizes: list[int], probe: int, workers: int, saved: Any) -> list[dict[str, Any]]:
     """The phases on a moto S3 server on loopback, requests counted on the server."""
     import boto3  # lazy: S3 only
     import s3fs  # lazy: S3 only
@@ -296,6 +315,7 @@ def run_s3(sizes: list[int], probe: int, workers: int) -> list[dict[str, Any]]:
             r["wall_s"] = round(time.perf_counter() - t0, 1)
             rows.append(r)
             print(f"[scale] s3 N={n}: {r['wall_s']} s", flush=True)
+            saved(rows)
     finally:
         server.stop()
     return rows

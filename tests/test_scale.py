@@ -124,7 +124,7 @@ def test_local_commit_lists_no_directory(tmp_path, monkeypatch):
     assert sorted(p.name for p in (root / "records").glob("s015-*")) == ["s015-000000.json"]
 
 
-def test_s3_requests_of_one_commit_do_not_grow_with_n(s3_fs):  # noqa: F811  (s3_fs: the AWS environment)
+def test_s3_requests_of_one_commit_do_not_grow_with_n(s3_fs, tmp_path):  # noqa: F811  (s3_fs: the AWS environment)
     from s3_server import CountingMotoServer  # the counting server of this test only
 
     server = CountingMotoServer()
@@ -139,7 +139,7 @@ def test_s3_requests_of_one_commit_do_not_grow_with_n(s3_fs):  # noqa: F811  (s3
         fs = s3fs.S3FileSystem(**so)
         got = {}
         for n in (20, 200):
-            local = Path(f"/tmp/facegs-scale-{uuid.uuid4().hex[:8]}")
+            local = tmp_path / f"n{n}"
             for i in range(n):
                 fake_subject(str(local), f"s{i:04d}")
             fs.put(str(local) + "/", f"counted/n{n}/", recursive=True)
