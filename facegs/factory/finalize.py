@@ -26,6 +26,7 @@ import contextlib
 from typing import Any
 
 from facegs.core.ids import in_part
+from facegs.core.storage import TMP_MARKER
 from facegs.core.tables import parquet_stream
 from facegs.factory.markers import (
     FAILURES_DIR,
@@ -83,12 +84,15 @@ def finalize(root_url: str | DatasetRoot, storage_options: dict[str, Any] | None
     invalid_records = temp_records = 0
     for e in iter_files(fs, root.join(RECORDS_DIR)):
         name = base_name(e["name"])
-        shard = name[:-5] + ".tar" if name.endswith(".json") else name
-        if name.startswith("."):
+        if name.startswith(".") and TMP_MARKER in name:  # a killed write's temporary file
             if in_part(_subject_of(name.lstrip(".").split(".", 1)[0] + ".tar"), part):
-                fs.rm_file(e["name"])
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm_file(e["name"])
                 temp_records += 1
             continue
+        if name.startswith(".") or not name.endswith(".json"):
+            continue  # not ours
+        shard = name[:-5] + ".tar"
         if shard in kept or not in_part(_subject_of(shard), part):
             continue
         if shard in sizes:
