@@ -182,16 +182,18 @@ def plan(cfg: BuildConfig) -> Plan:
         part = parse_part(cfg.part) if cfg.part else None
         parser_sha = file_sha256(factory.label_arg, so) if factory.label_source == "parser" else None
         chash = config_hash(factory, parser_sha)
-        mine: list[tuple[str, str]] = []
+        sids: list[str] = []  # two lists, not a list of pairs: 64 bytes less per subject
+        urls: list[str] = []
         n_listed = 0
         for url, sid in check_unique(iter_subjects(cfg.subjects, so)):
             n_listed += 1
             if in_part(sid, part):
-                mine.append((sid, url))
+                sids.append(sid)
+                urls.append(url)
     except (InputError, OSError, ValueError, KeyError, TypeError) as e:
         raise BuildError(str(e)) from None
     root = DatasetRoot.open(cfg.out, so)
-    wanted = {sid for sid, _ in mine}
+    wanted = set(sids)
     sizes = shard_sizes(root)[0]
     done: set[str] = set()
     stale: set[str] = set()
@@ -204,8 +206,8 @@ def plan(cfg: BuildConfig) -> Plan:
     del sizes, wanted
     failed = list_names(root, FAILURES_DIR, part)
     todo = deque(Task(sid, url, clear_marker=sid in stale, clear_failure=sid in failed)
-                 for sid, url in mine if sid not in done)
-    return Plan(factory, chash, parser_sha, len(mine), done, todo, part, n_listed)
+                 for sid, url in zip(sids, urls) if sid not in done)
+    return Plan(factory, chash, parser_sha, len(sids), done, todo, part, n_listed)
 
 
 # ----------------------------------------------------------------------------------------------
