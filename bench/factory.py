@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -146,10 +147,8 @@ def bench_scheduling(n_subjects: int, n_actors: int, tmp: Path, steps: int, rend
         tn = time.perf_counter() - t0
     finally:
         ray.shutdown()
-    s1 = json.loads((tmp / "ds1" / "summary.json").read_text())
-    sn = json.loads((tmp / "dsN" / "summary.json").read_text())
-    per1 = [sum(r["seconds"].values()) for r in s1["results"].values()]
-    pern = [sum(r["seconds"].values()) for r in sn["results"].values()]
+    per1 = pq.read_table(tmp / "ds1" / "results.parquet").column("seconds_total").to_pylist()
+    pern = pq.read_table(tmp / "dsN" / "results.parquet").column("seconds_total").to_pylist()
     ideal = n_subjects / n_actors * t1
     return {"subjects": n_subjects, "actors": n_actors, "one_subject_wall_s": t1, "n_subjects_wall_s": tn,
             "ideal_wall_s": ideal, "ratio_wall_over_ideal": tn / ideal,

@@ -21,9 +21,14 @@ Failures:
   retried on an actor that is alive, up to the same limit. An actor that cannot be placed within
   ``--actor-start-timeout`` seconds (its node is gone for good) is given up; when no actor is
   left, the remaining subjects fail with that reason instead of waiting forever.
-At the end :func:`facegs.factory.markers.finalize` removes leftovers of interrupted subjects and merges
-``ROOT/manifest.parquet`` from complete subjects only; ``ROOT/summary.json`` holds the run's
-results. Exit status: 0 when every subject is complete, 1 when any failed for good, 2 for bad
+At the end :func:`facegs.factory.finalize.finalize` removes leftovers of interrupted subjects and
+merges ``ROOT/manifest.parquet`` and the subject index ``ROOT/subjects.parquet`` from complete
+subjects only; ``ROOT/summary.json`` holds the run's counts, timing and quality percentiles and the
+first failures (bounded), ``ROOT/results.parquet`` one row per subject of the run.
+
+Scale: the driver holds an id and a URL per subject to do, never a result row; start-up and
+finalize read each object at most once and list each directory once, page by page
+(``docs/benchmarks.md``, ``bench/scale.py``). ``--part K/N`` splits one job into N drivers. Exit status: 0 when every subject is complete, 1 when any failed for good, 2 for bad
 arguments or an unusable subject list.
 
 In-process use: ``build(BuildConfig(subjects=..., out=..., factory=FactoryConfig(...)))`` returns the
@@ -39,6 +44,7 @@ import json
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,12 +53,26 @@ import ray
 
 from facegs.core.errors import InputError
 from facegs.core.hashing import file_sha256
+from facegs.core.ids import in_part, parse_part
 from facegs.core.options import add_options, from_namespace, opt
 from facegs.core.storage import put_bytes_atomic
+from facegs.core.tables import parquet_stream
 from facegs.factory.config import FactoryConfig, config_hash
-from facegs.factory.markers import SUMMARY_NAME, complete_subjects, finalize
+from facegs.factory.finalize import finalize
+from facegs.factory.markers import (
+    FAILURES_DIR,
+    RESULTS_NAME,
+    SUBJECTS_DIR,
+    SUMMARY_NAME,
+    check_marker,
+    iter_json_dir,
+    list_names,
+    marker_records,
+    shard_sizes,
+)
 from facegs.factory.preflight import PreflightError, preflight
-from facegs.factory.sources import list_subject_urls, subject_id_of
+from facegs.factory.runstats import RESULTS_SCHEMA, RunStats
+from facegs.factory.sources import iter_subjects
 from facegs.shards.root import DatasetRoot
 from facegs.splat.rasterize import BACKENDS
 from ray_jobs.ray_session import connect
@@ -71,11 +91,17 @@ class BuildConfig:
     """One factory run: the subjects, the dataset root, the dataset's config and how Ray runs it."""
 
     subjects: str = field(metadata=opt(
-        "directory of subject folders (each with a subject.json), or a text file with one subject directory per "
-        "line; local path or fsspec URL (s3://...)", group=IO))
+        "directory of subject folders (each with a subject.json), or a list file of subject directories: .txt (one "
+        "per line, # comments), .csv (header row with a 'url' column) or .parquet ('url' column), read streaming; "
+        "local path or fsspec URL (s3://...)", group=IO))
     out: str = field(metadata=opt("dataset root: local path, file://, s3://bucket/prefix, memory://...", group=IO))
     factory: FactoryConfig = field(default_factory=FactoryConfig, metadata=opt(
         "the dataset (labels, fit, novel views, shards): hashed into the config hash, so a change rebuilds"))
+    part: str | None = field(default=None, metadata=opt(
+        "K/N: process only part K (1..N) of the subjects, split by a stable hash of the subject id, so N drivers "
+        "(any machines) can share one job and one ROOT; every part lists every subject (ids are checked for "
+        "duplicates across the whole list). Run `facegs dataset finalize ROOT` once after all parts finished",
+        metavar="K/N", group=IO))
     steps: int | None = field(default=None, metadata=opt(
         "fit steps (default: the preset's); a shortcut for --fit-overrides '{\"steps\": N}'"))
     storage_options: dict[str, Any] | None = field(default=None, metadata=opt(
@@ -113,37 +139,75 @@ class BuildConfig:
 
 @dataclass
 class Plan:
-    """What a run will do: the config hash, every subject, those already complete, the rest to do."""
+    """What a run will do: the config hash, how many subjects (in this part), which are already
+    complete (ids only), the rest to do. Nothing per subject beyond an id and a URL is held."""
 
     factory: FactoryConfig
     chash: str
     parser_sha256: str | None
-    urls: list[str]
-    done: dict[str, dict[str, Any]]
+    n_subjects: int
+    done: set[str]
     todo: deque[Task]
+    part: tuple[int, int] | None = None
+    n_listed: int = 0
+
+
+def check_unique(pairs: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """Pass ``(url, id)`` pairs through; at the end raise :class:`BuildError` naming the ids used by
+    more than one URL (a set: O(N), one pass)."""
+    seen: set[str] = set()
+    dup: set[str] = set()
+    for url, sid in pairs:
+        if sid in seen:
+            dup.add(sid)
+            continue
+        seen.add(sid)
+        yield url, sid
+    if dup:
+        shown = sorted(dup)
+        raise BuildError(f"subject ids used by more than one directory: {shown[:20]}"
+                         + (f" and {len(shown) - 20} more" if len(shown) > 20 else ""))
 
 
 def plan(cfg: BuildConfig) -> Plan:
     """List the subjects, hash the config and find the subjects already complete under ``cfg.out``.
-    Raises :class:`BuildError` for an unusable subject list, duplicate subject ids or a bad config."""
+    Raises :class:`BuildError` for an unusable subject list, duplicate subject ids or a bad config.
+
+    Start-up cost: the subject list read streaming, each ``subject.json`` read once (concurrent
+    batches), one streamed listing each of ``shards/``, ``subjects/`` and ``failures/`` of the
+    root, and the done markers of this run's subjects read once each."""
     so = cfg.storage_options
     try:
         factory = cfg.factory_config()
-        urls = list_subject_urls(cfg.subjects, so)
+        part = parse_part(cfg.part) if cfg.part else None
         parser_sha = file_sha256(factory.label_arg, so) if factory.label_source == "parser" else None
+        chash = config_hash(factory, parser_sha)
+        sids: list[str] = []  # two lists, not a list of pairs: 64 bytes less per subject
+        urls: list[str] = []
+        n_listed = 0
+        for url, sid in check_unique(iter_subjects(cfg.subjects, so)):
+            n_listed += 1
+            if in_part(sid, part):
+                sids.append(sid)
+                urls.append(url)
     except (InputError, OSError, ValueError, KeyError, TypeError) as e:
         raise BuildError(str(e)) from None
-    chash = config_hash(factory, parser_sha)
-    ids = [subject_id_of(u, so) for u in urls]
-    seen: dict[str, int] = {}
-    for s in ids:
-        seen[s] = seen.get(s, 0) + 1
-    dup = sorted(s for s, n in seen.items() if n > 1)
-    if dup:
-        raise BuildError(f"subject ids used by more than one directory: {dup}")
-    done = complete_subjects(DatasetRoot.open(cfg.out, so), config_hash=chash)
-    todo = deque(Task(s, u) for s, u in zip(ids, urls) if s not in done)
-    return Plan(factory, chash, parser_sha, urls, done, todo)
+    root = DatasetRoot.open(cfg.out, so)
+    wanted = set(sids)
+    sizes = shard_sizes(root)[0]
+    done: set[str] = set()
+    stale: set[str] = set()
+    for sid, marker in iter_json_dir(root, SUBJECTS_DIR, part, only=wanted):
+        if (marker is not None and marker.get("config_hash") == chash
+                and check_marker(sid, marker, marker_records(root, marker), sizes) is None):
+            done.add(sid)
+        else:
+            stale.add(sid)
+    del sizes, wanted
+    failed = list_names(root, FAILURES_DIR, part)
+    todo = deque(Task(sid, url, clear_marker=sid in stale, clear_failure=sid in failed)
+                 for sid, url in zip(sids, urls) if sid not in done)
+    return Plan(factory, chash, parser_sha, len(sids), done, todo, part, n_listed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,7 +218,10 @@ def plan(cfg: BuildConfig) -> Plan:
 def build(cfg: BuildConfig) -> dict[str, Any]:
     """Run the factory (see the module docstring); returns the summary written to ``ROOT/summary.json``
     (``subjects_failed`` > 0: some subjects failed for good). Raises :class:`BuildError` before any
-    work for bad arguments. Uses the caller's Ray when one is initialised."""
+    work for bad arguments. Uses the caller's Ray when one is initialised.
+
+    The summary is bounded (:class:`facegs.factory.runstats.RunStats`: counts, percentiles, the
+    first failures); per-subject rows go to ``ROOT/results.parquet``, written streaming."""
     t0 = time.time()
     try:  # before anything is fitted or written (facegs.factory.preflight): one line, exit 2
         preflight(cfg.subjects, cfg.out, cfg.factory, cfg.storage_options)
@@ -162,37 +229,42 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
         raise BuildError(str(e)) from None
     p = plan(cfg)
     root = DatasetRoot.open(cfg.out, cfg.storage_options)
-    print(f"[build_dataset] {len(p.urls)} subjects, {len(p.done)} already complete (config {p.chash}), "
+    where = f" (part {p.part[0]}/{p.part[1]} of {p.n_listed} listed)" if p.part else ""
+    print(f"[build_dataset] {p.n_subjects} subjects{where}, {len(p.done)} already complete (config {p.chash}), "
           f"{len(p.todo)} to do -> {cfg.out}", flush=True)
+    stats = RunStats()
     started = connect(cfg.address, cfg.num_cpus)
     try:
-        sched = Scheduler(cfg, p, root)
-        sched.run()
+        with parquet_stream(root.fs, root.join(RESULTS_NAME), RESULTS_SCHEMA, rows_per_group=1024) as rows:
+            sched = Scheduler(cfg, p, root, stats, rows.add)
+            sched.run()
     finally:
         if started:
             ray.shutdown()
-    fin = finalize(root)
+    fin = finalize(root, part=p.part)
     wall = time.time() - t0
-    results = sched.results
+    st = stats.as_dict()
     summary = {
         "root": cfg.out, "config_hash": p.chash, "config": p.factory.to_dict(), "parser_sha256": p.parser_sha256,
-        "subjects_total": len(p.urls), "subjects_skipped": len(p.done), "subjects_done": len(results),
-        "subjects_failed": len(sched.failures), "actor_deaths": sched.actor_deaths,
-        "samples_written": sum(r["n_samples"] for r in results.values()),
-        "wall_s": round(wall, 2), "subjects_per_hour": round(3600 * len(results) / wall, 2) if results else 0.0,
-        "finalize": fin, "failures": sched.failures, "results": results,
+        "part": list(p.part) if p.part else None, "subjects_listed": p.n_listed,
+        "subjects_total": p.n_subjects, "subjects_skipped": len(p.done), **st, "actor_deaths": sched.actor_deaths,
+        "wall_s": round(wall, 2), "subjects_per_hour": round(3600 * stats.done / wall, 2) if stats.done else 0.0,
+        "finalize": fin, "results_table": RESULTS_NAME,
     }
     data = json.dumps(summary, indent=1, sort_keys=True).encode()
     put_bytes_atomic(root.fs, root.join(SUMMARY_NAME), data)
     if cfg.summary:
         Path(cfg.summary).write_bytes(data)
-    print(f"[build_dataset] done: {len(results)} processed, {len(p.done)} skipped, {len(sched.failures)} failed; "
+    print(f"[build_dataset] done: {stats.done} processed, {len(p.done)} skipped, {stats.failed} failed; "
           f"{fin['manifest_samples']} samples in {fin['manifest_shards']} shards of {fin['complete_subjects']} "
           f"subjects in {wall:.1f} s", flush=True)
     print(f"[build_dataset] manifest: {root.join('manifest.parquet')}\n[build_dataset] summary:  "
-          f"{root.join(SUMMARY_NAME)}", flush=True)
-    for f in sched.failures.values():
+          f"{root.join(SUMMARY_NAME)}\n[build_dataset] results:  {root.join(RESULTS_NAME)}", flush=True)
+    for f in stats.failures.values():
         print(f"[build_dataset] failed: {f['subject_id']}: {f['error_type']}: {f['message']}", file=sys.stderr)
+    if stats.failures_not_listed:
+        print(f"[build_dataset] ... and {stats.failures_not_listed} more failures (ROOT/failures/, "
+              f"ROOT/{RESULTS_NAME})", file=sys.stderr)
     return summary
 
 

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from facegs.core.storage import fetch_local
 from facegs.factory.config import FactoryConfig
 from facegs.factory.markers import record_failure
 from facegs.factory.process import CrashInjection, process_subject
+from facegs.factory.runstats import RunStats
 from facegs.parser.checkpoint import load_parser
 from facegs.shards.root import DatasetRoot
 
@@ -55,13 +57,14 @@ class SubjectWorker:
         ctx = ray.get_runtime_context()
         return {"node_id": ctx.get_node_id(), "pid": os.getpid(), "device": self.device}
 
-    def process(self, url: str, attempt: int) -> dict[str, Any]:
+    def process(self, url: str, attempt: int, clear_marker: bool = True, clear_failure: bool = True) -> dict[str, Any]:
         """Returns ``{"ok": True, ...SubjectResult}`` or ``{"ok": False, "retryable", "error_type",
         "message", "traceback"}``; only the death of this process escapes as a Ray error."""
         try:
             r = process_subject(url, self.root_url, self.cfg, chash=self.chash, parser=self.parser,
                                 device=self.device, backend=self.backend, storage_options=self.so,
-                                attempt=attempt, crash=self.crash)
+                                attempt=attempt, crash=self.crash, clear_marker=clear_marker,
+                                clear_failure=clear_failure)
             return {"ok": True, **r.as_dict(), "pid": os.getpid()}
         except (InputError, FitError) as e:
             return {"ok": False, "retryable": False, "error_type": type(e).__name__, "message": str(e),
@@ -71,12 +74,17 @@ class SubjectWorker:
                     "traceback": traceback.format_exc()[-4000:]}
 
 
-@dataclass
+@dataclass(slots=True)
 class Task:
+    """One subject to do (slots: a million of them stay small). ``clear_marker`` / ``clear_failure``:
+    the start-up listing saw a done marker / failure record of it (deleted before it is redone)."""
+
     subject_id: str
     url: str
     attempts: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
+    clear_marker: bool = True
+    clear_failure: bool = True
 
 
 def plan_actors(cfg: Any) -> tuple[int, dict[str, Any]]:
@@ -98,11 +106,14 @@ def plan_actors(cfg: Any) -> tuple[int, dict[str, Any]]:
 class Scheduler:
     """Runs a plan's tasks on actors: starts them, hands out subjects, retries, replaces dead actors."""
 
-    def __init__(self, cfg: Any, p: Any, root: DatasetRoot) -> None:
-        """``cfg``: a :class:`ray_jobs.build_dataset.BuildConfig`; ``p``: its :class:`ray_jobs.build_dataset.Plan`."""
+    def __init__(self, cfg: Any, p: Any, root: DatasetRoot, stats: RunStats | None = None,
+                 sink: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """``cfg``: a :class:`ray_jobs.build_dataset.BuildConfig`; ``p``: its :class:`ray_jobs.build_dataset.Plan`;
+        ``stats``: the bounded aggregate of results; ``sink``: receives each subject's result row
+        (``results.parquet``). No result is kept per subject."""
         self.cfg, self.plan, self.root, self.todo = cfg, p, root, p.todo
-        self.results: dict[str, dict[str, Any]] = {}
-        self.failures: dict[str, dict[str, Any]] = {}
+        self.stats = stats if stats is not None else RunStats()
+        self.sink = sink or (lambda row: None)
         self.actor_deaths = 0
         self.n_samples = 0
         self.idle: list[Any] = []
@@ -123,17 +134,17 @@ class Scheduler:
 
     def give_up(self, task: Task) -> None:
         last = task.errors[-1]
-        self.failures[task.subject_id] = {"subject_id": task.subject_id, "url": task.url, "attempts": task.attempts,
-                                          "error_type": last["error_type"], "message": last["message"],
-                                          "errors": task.errors}
-        record_failure(self.root, self.failures[task.subject_id])
+        failure = {"subject_id": task.subject_id, "url": task.url, "attempts": task.attempts,
+                   "error_type": last["error_type"], "message": last["message"], "errors": task.errors}
+        record_failure(self.root, failure)
+        self.sink(self.stats.add_failure(failure))
         self.bar.update(1)
         tqdm.write(f"[build_dataset] FAILED {task.subject_id} after {task.attempts} attempt(s): "
                    f"{last['error_type']}: {last['message']}")
 
     def handle(self, task: Task, out: dict[str, Any]) -> None:
         if out["ok"]:
-            self.results[task.subject_id] = {**out, "attempts": task.attempts}
+            self.sink(self.stats.add_done(task.subject_id, task.url, task.attempts, out))
             self.n_samples += out["n_samples"]
             self.bar.update(1)
         else:
@@ -145,7 +156,7 @@ class Scheduler:
                 self.todo.append(task)
             else:
                 self.give_up(task)
-        self.bar.set_postfix(done=len(self.results), failed=len(self.failures), samples=self.n_samples,
+        self.bar.set_postfix(done=self.stats.done, failed=self.stats.failed, samples=self.n_samples,
                              refresh=False)
 
     def _dispatch(self) -> None:
@@ -153,7 +164,10 @@ class Scheduler:
             task = self.todo.popleft()
             task.attempts += 1
             actor = self.idle.pop()
-            self.inflight[actor.process.remote(task.url, task.attempts)] = (actor, task)
+            first = task.attempts == 1  # a retry may follow a death after the marker was written
+            ref = actor.process.remote(task.url, task.attempts, task.clear_marker or not first,
+                                       task.clear_failure or not first)
+            self.inflight[ref] = (actor, task)
 
     def _fail_remaining(self) -> None:
         why = "; ".join(dict.fromkeys(self.start_errors)) or "no actor could be started"

@@ -66,3 +66,65 @@ def s3_fs(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Env]:
         yield S3Env(s3fs.S3FileSystem(**opts), client, bucket, s3_server, opts)
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+REQUEST_KINDS = ("LIST", "HEAD", "GET", "PUT", "DELETE")
+
+
+def request_kind(method: str, path: str, query: str) -> str:
+    """The kind of an S3 REST request (path-style ``/bucket/key?query``): LIST (a bucket-level GET),
+    HEAD, GET, PUT (also POSTs of a multipart upload), DELETE (also a multi-object delete POST)."""
+    key = path.lstrip("/").split("/", 1)[1] if "/" in path.lstrip("/") else ""
+    if method == "GET":
+        return "GET" if key else "LIST"
+    if method == "POST":
+        return "DELETE" if "delete" in query.split("&") else "PUT"
+    return method if method in REQUEST_KINDS else "OTHER"
+
+
+class CountingMotoServer:
+    """moto's S3 server on loopback (``ip:0``), counting the requests it serves by kind: a WSGI
+    middleware in front of moto's own app, so what is counted is what arrived over HTTP (no mock of
+    the client). ``counts()`` and ``reset()`` are thread-safe."""
+
+    def __init__(self) -> None:
+        import logging  # lazy: only the bench and the counting tests start this server
+        import threading  # lazy: as above
+
+        from moto.moto_server.werkzeug_app import (  # lazy: moto is a test/bench dependency
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server  # lazy: as above
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = dict.fromkeys((*REQUEST_KINDS, "OTHER"), 0)
+        app = DomainDispatcherApplication(create_backend_app)
+
+        def counting(environ: dict[str, Any], start_response: Any) -> Any:
+            kind = request_kind(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""),
+                                environ.get("QUERY_STRING", ""))
+            with self._lock:
+                self._counts[kind] += 1
+            return app(environ, start_response)
+
+        self._server = make_server("127.0.0.1", 0, counting, True, request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        self.endpoint_url = f"http://{host}:{port}"
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def reset(self) -> None:
+        with self._lock:
+            for k in self._counts:
+                self._counts[k] = 0
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._thread.join()

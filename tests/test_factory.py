@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from s3_server import S3Env, s3_fs, s3_server  # noqa: F401  (pytest fixtures)
 
 from facegs.cli.app import main as facegs_main
 from facegs.factory.config import FactoryConfig, config_hash
-from facegs.factory.markers import complete_subjects, finalize
+from facegs.factory.finalize import finalize
+from facegs.factory.markers import complete_subjects
 from facegs.factory.process import process_subject
 from facegs.factory.sources import list_subject_urls
 from facegs.shards.manifest import read_manifest
@@ -67,6 +69,11 @@ def run_driver(args: list[str], timeout: float = 600, **kw) -> subprocess.Comple
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def results_of(root: Path) -> dict[str, dict]:
+    """The last run's per-subject rows (ROOT/results.parquet), by subject id."""
+    return {r["subject_id"]: r for r in pq.read_table(root / "results.parquet").to_pylist()}
+
+
 def shard_bytes(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((root / "shards").glob("*.tar"))}
 
@@ -109,7 +116,9 @@ def test_factory_bad_subjects_and_killed_actor(subjects, tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr  # bad subjects failed for good
     s = json.loads((out / "summary.json").read_text())
     assert s["subjects_done"] == 2 and s["subjects_failed"] == 4 and s["actor_deaths"] == 1
-    assert s["results"]["g1"]["attempts"] == 2 and s["results"]["g0"]["attempts"] == 1
+    res = results_of(out)
+    assert res["g1"]["attempts"] == 2 and res["g0"]["attempts"] == 1 and res["g0"]["status"] == "done"
+    assert {k for k, v in res.items() if v["status"] == "failed"} == set(s["failures"])
     fails = s["failures"]
     assert "bad_image" in fails and "corrupt" in fails["bad_image"]["message"] and "image" in fails["bad_image"]["message"]
     assert "K" in fails["bad_camera"]["message"]
@@ -153,7 +162,7 @@ def test_factory_driver_killed_then_rerun_is_byte_identical(subjects, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["subjects_skipped"] == len(done_before) and s["subjects_done"] == len(GOOD) - len(done_before)
-    assert set(s["results"]).isdisjoint(done_before)  # finished subjects were not redone
+    assert set(results_of(out)).isdisjoint(done_before)  # finished subjects were not redone
     assert shard_bytes(out) == shard_bytes(ref)
     assert read_manifest(str(out)).equals(read_manifest(str(ref)))
     assert not find_orphans(str(out))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from facegs.factory.markers import complete_subjects
@@ -88,4 +89,5 @@ def test_build_dataset_as_ray_job_on_local_multinode_cluster(tmp_path):
     assert not find_orphans(str(out))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["subjects_done"] == 2 and summary["subjects_failed"] == 0 and summary["actor_deaths"] == 0
-    assert len({r["pid"] for r in summary["results"].values()}) == 2  # processed by two different actors
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert len({r["pid"] for r in rows}) == 2  # processed by two different actors

@@ -123,3 +123,26 @@ def resolve_inside(base: str | os.PathLike, rel: str, *, allow_outside: bool = F
         raise InputError(f"{what} {rel!r} resolves to {real}, outside the subject directory (a symbolic link?); "
                          "pass --allow-external-paths to read it anyway", **ctx)
     return p
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with ``1 <= K <= N``: part K of a job split into N (see :func:`part_of`)."""
+    try:
+        k, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"--part must be K/N with integers 1 <= K <= N (e.g. 2/8), got {text!r}") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"--part {text!r}: K/N needs 1 <= K <= N")
+    return k, n
+
+
+def part_of(subject_id: str, n: int) -> int:
+    """The part (1..n) that ``subject_id`` belongs to when a job is split into ``n``: a stable hash of
+    the id (sha256, not Python's salted ``hash()``), so every run and every machine agrees; parts are
+    disjoint and together cover every subject, and subjects sharing an id land in the same part."""
+    return int(hashlib.sha256(subject_id.encode("utf-8", "surrogatepass")).hexdigest()[:16], 16) % n + 1
+
+
+def in_part(subject_id: str, part: tuple[int, int] | None) -> bool:
+    """Whether ``subject_id`` belongs to ``part`` (``(K, N)``; None = the whole job)."""
+    return part is None or part_of(subject_id, part[1]) == part[0]

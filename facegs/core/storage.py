@@ -9,6 +9,7 @@ File modes: every file written here is created with mode ``0666`` filtered by th
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -130,23 +131,90 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
                 os.unlink(tmp)
             raise
     elif _has_deferred_commit(fs):
-        f = fs.open(path, "wb", autocommit=False)
+        w = _SmallFirstWriter(fs, path)
         try:
-            yield f
-            f.close()  # uploads the last part; the key is still invisible
-            f.commit()  # completes the multipart upload: the key appears whole
+            yield w  # type: ignore[misc]
+            w.finish()
         except BaseException:
-            with contextlib.suppress(Exception):
-                f.discard()  # aborts the multipart upload
-            # discard() leaves the file "open": without this, its __del__ would close() it, which
-            # flushes, i.e. starts a new multipart upload that is never completed nor aborted.
-            f.closed = True
+            w.abort()
             raise
     else:
         with tempfile.SpooledTemporaryFile(max_size=64 * 1024**2) as staged:
             yield staged  # type: ignore[misc]
             staged.seek(0)
             fs.pipe_file(path, staged.read())
+
+
+SMALL_PUT_BYTES = 8 * 1024**2  # an S3 object up to this size is written with one PUT, larger ones as multipart
+
+
+class _SmallFirstWriter:
+    """A write-only file for S3 (s3fs) that is published only by :meth:`finish`.
+
+    Up to :data:`SMALL_PUT_BYTES` the bytes stay in memory and :meth:`finish` writes them with one
+    ``PutObject`` (atomic: the key appears whole; one request instead of the three of a multipart
+    upload). Past that, a multipart upload is opened (``autocommit=False``) and the bytes stream
+    into it; :meth:`finish` completes it, :meth:`abort` aborts it. A plain ``with fs.open(path,
+    "wb")`` would be wrong: its ``__exit__`` closes, and closing commits, so an exception mid-shard
+    would publish a truncated object (verified against moto). After ``discard()`` the file is
+    marked closed: s3fs leaves it open, and its ``__del__`` -> ``close()`` would start a new
+    multipart upload that nobody completes or aborts (also verified).
+    """
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str) -> None:
+        self.fs, self.path = fs, path
+        self.buf: io.BytesIO | None = io.BytesIO()
+        self.f: Any = None
+        self.nbytes = 0
+        self.closed = False
+
+    def tell(self) -> int:
+        return self.nbytes
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Nothing to do: bytes are published by :meth:`finish` only."""
+
+    def write(self, b: bytes) -> int:
+        self.nbytes += len(b)
+        if self.f is not None:
+            return self.f.write(b)
+        assert self.buf is not None
+        if self.buf.tell() + len(b) > SMALL_PUT_BYTES:
+            self.f = self.fs.open(self.path, "wb", autocommit=False)
+            self.f.write(self.buf.getvalue())
+            self.buf = None
+            return self.f.write(b)
+        return self.buf.write(b)
+
+    def flush(self) -> None:
+        """Nothing to do: bytes are published by :meth:`finish` only."""
+
+    def finish(self) -> None:
+        self.closed = True
+        if self.f is None:
+            assert self.buf is not None
+            self.fs.pipe_file(self.path, self.buf.getvalue())
+            self.buf = None
+            return
+        self.f.close()  # uploads the last part; the key is still invisible
+        self.f.commit()  # completes the multipart upload: the key appears whole
+
+    def abort(self) -> None:
+        self.closed = True
+        self.buf = None
+        if self.f is not None:
+            with contextlib.suppress(Exception):
+                self.f.discard()  # aborts the multipart upload
+            self.f.closed = True
 
 
 def put_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:

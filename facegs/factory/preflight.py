@@ -29,9 +29,12 @@ from typing import Any
 
 import fsspec
 
+from facegs.core.errors import InputError
 from facegs.core.storage import fetch_local, is_local_url, local_path
 from facegs.factory.config import FactoryConfig
+from facegs.factory.sources import iter_list_file
 from facegs.parser.checkpoint import load_parser
+from facegs.shards.listing import iter_subdirs, key_exists
 
 PROBE_PREFIX = ".facegs-preflight-"
 
@@ -102,15 +105,19 @@ def check_subject_source(source: str, storage_options: dict[str, Any] | None = N
         if not fs.exists(path):
             raise PreflightError(f"subject source {source}: does not exist")
         if fs.isfile(path):
-            with fs.open(path, "rt") as f:
-                if any(line.split("#", 1)[0].strip() for line in f):
-                    return
-            raise PreflightError(f"subject list {source}: names no subjects (only blank lines and # comments)")
+            try:
+                next(iter_list_file(fs, path, source))  # the first entry only: a list may hold millions
+                return
+            except StopIteration:
+                raise PreflightError(f"subject list {source}: names no subjects (only blank lines and # comments)"
+                                     ) from None
+            except InputError as e:
+                raise PreflightError(f"subject list: {e}") from None
         base = path.rstrip("/")
-        if fs.exists(f"{base}/subject.json"):
+        if key_exists(fs, f"{base}/subject.json"):
             return
-        for e in sorted(fs.ls(base, detail=True), key=lambda e: e["name"]):
-            if e.get("type") == "directory" and fs.exists(f"{e['name'].rstrip('/')}/subject.json"):
+        for d in iter_subdirs(fs, base):  # streamed; stops at the first subject
+            if key_exists(fs, f"{d.rstrip('/')}/subject.json"):
                 return
     except PreflightError:
         raise

@@ -15,9 +15,10 @@ Dataset root layout (``facegs.shards.writer`` owns ``shards/``, ``records/`` and
 Commit protocol of one subject (every step is safe to crash in):
 1. delete ``subjects/{id}.json`` (the subject is now incomplete, whatever was there before);
 2. :func:`facegs.shards.writer.commit_subject` rewrites its shards and records at deterministic names;
-3. write ``subjects/{id}.json`` listing the shards (name, sha256, sample count) and the config hash.
-A subject is *complete* when its done marker exists and every shard it lists has a valid record
-with the same sha256 (:func:`complete_subjects`). A rerun skips complete subjects with the same
+3. write ``subjects/{id}.json`` listing the shards (name, sha256, sample and byte count), their
+   manifest rows, the config hash and the quality score (:func:`facegs.factory.markers.write_marker`).
+A subject is *complete* when its done marker is valid and every shard it lists exists with the size
+its row says (:func:`facegs.factory.markers.iter_complete`). A rerun skips complete subjects with the same
 config hash and redoes the rest; :func:`finalize` removes the leftovers of incomplete subjects
 and merges the manifest from complete subjects only, so a reader never sees half a subject.
 
@@ -41,10 +42,8 @@ from typing import Any
 
 import facegs
 from facegs.core.errors import FitError
-from facegs.core.hashing import canonical_json
-from facegs.core.storage import put_bytes_atomic
 from facegs.factory.config import FactoryConfig, subject_seed
-from facegs.factory.markers import FAILURES_DIR, SUBJECTS_DIR
+from facegs.factory.markers import FAILURES_DIR, marker_path, write_marker
 from facegs.factory.sources import stage_subject, subject_dir_name, user_paths
 from facegs.factory.subject import refine
 from facegs.ingest.validate import WARNING, Problem, load_subject
@@ -78,6 +77,7 @@ class SubjectResult:
     seconds: dict[str, float]
     device: str
     warnings: list[str] = field(default_factory=list)  # e.g. images converted to 8-bit RGB (once per subject)
+    quality: float | None = None  # the subject's quality score (facegs.factory.quality)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,11 +96,17 @@ def process_subject(
     attempt: int = 1,
     crash: CrashInjection | None = None,
     progress: bool = False,
+    clear_marker: bool = True,
+    clear_failure: bool = True,
 ) -> SubjectResult:
     """Labels -> fit -> head frame -> renders -> shards -> done marker, for the subject at ``url``.
 
     Raises :class:`InputError` for bad subjects and :class:`FitError` for an unusable fit (both
     deterministic: never worth a retry); other exceptions may be transient. The subject is complete only once this returns (see the module docstring).
+
+    ``clear_marker`` / ``clear_failure`` False: the caller knows that the subject has no done marker /
+    failure record (the driver's start-up listing, first attempt), so the deletes are not sent (one
+    request each on S3).
     """
     t0 = time.perf_counter()
     secs: dict[str, float] = {}
@@ -136,25 +142,26 @@ def process_subject(
             samples = refined.samples(chash, cfg.rgb_format, cfg.store_alpha)
             if crash is not None and crash.subject_id == sid and crash.attempt == attempt:
                 samples = _crash_after(samples, crash)
-            with contextlib.suppress(FileNotFoundError):
-                root.fs.rm_file(root.join(SUBJECTS_DIR, f"{sid}.json"))
+            if clear_marker:
+                with contextlib.suppress(FileNotFoundError):
+                    root.fs.rm_file(marker_path(root, sid))
             records = commit_subject(samples, root, sid, maxcount=cfg.maxcount, rgb_format=cfg.rgb_format,
                                      jpeg_quality=cfg.jpeg_quality)
-        shards = [{"shard": r.shard, "sha256": r.sha256, "num_samples": r.num_samples} for r in records]
         hd = refined.head_frame.diagnostics
-        marker = {"subject_id": sid, "url": url, "config_hash": chash, "shards": shards,
-                  "num_samples": sum(r.num_samples for r in records), "fit_metrics": metrics,
-                  "quality": q, "head_frame": {"source": refined.head_frame_source,
-                                               "world_from_head": refined.head_frame.world_from_head,
-                                               "reliability": hd.get("reliability"), "checks": hd.get("checks"),
-                                               "reasons": hd.get("reasons")},
-                  "facegs_version": facegs.__version__}
-        put_bytes_atomic(root.fs, root.join(SUBJECTS_DIR, f"{sid}.json"), canonical_json(marker))
-        with contextlib.suppress(FileNotFoundError):
-            root.fs.rm_file(root.join(FAILURES_DIR, f"{sid}.json"))
+        marker = write_marker(root, {
+            "subject_id": sid, "url": url, "config_hash": chash, "fit_metrics": metrics, "quality": q,
+            "head_frame": {"source": refined.head_frame_source, "world_from_head": refined.head_frame.world_from_head,
+                           "reliability": hd.get("reliability"), "checks": hd.get("checks"),
+                           "reasons": hd.get("reasons")},
+            "facegs_version": facegs.__version__}, records)
+        shards = [{k: s[k] for k in ("shard", "sha256", "num_samples")} for s in marker["shards"]]
+        if clear_failure:
+            with contextlib.suppress(FileNotFoundError):
+                root.fs.rm_file(root.join(FAILURES_DIR, f"{sid}.json"))
         lap("render_and_write")
     return SubjectResult(subject_id=sid, url=url, n_samples=marker["num_samples"], shards=shards,
-                         fit_metrics=metrics, seconds=secs, device=str(device), warnings=notes)
+                         fit_metrics=metrics, seconds=secs, device=str(device), warnings=notes,
+                         quality=q.get("quality"))
 
 
 def _crash_after(samples: Iterator[Sample], crash: CrashInjection) -> Iterator[Sample]:

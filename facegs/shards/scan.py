@@ -7,16 +7,19 @@ progress); a record whose shard is missing or whose size (or sha256) does not ma
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
-import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from facegs.core.hashing import sha256_of
+from facegs.core.ids import check_id
 from facegs.core.storage import TMP_MARKER
+from facegs.shards.listing import base_name, iter_files, read_many
 from facegs.shards.root import RECORDS_DIR, SHARDS_DIR, DatasetRoot, ShardRecord, Verify, record_name
-from facegs.shards.writer import SHARD_NAME_RE
+from facegs.shards.schema import shard_name
 
 
 @dataclass
@@ -49,31 +52,37 @@ def _mtime(info: dict[str, Any]) -> float | None:
 
 
 def _scan(root: DatasetRoot, verify: Verify) -> tuple[list[ShardRecord], OrphanReport, dict[str, dict]]:
-    """Classify everything under shards/ and records/: valid records, leftovers, shard infos."""
+    """Classify everything under shards/ and records/: valid records, leftovers, and the listing's
+    file infos (by shard name and by relative path). One streamed listing per directory, each record
+    read once."""
     if verify not in ("none", "size", "sha256"):
         raise ValueError(f"verify must be 'none', 'size' or 'sha256', got {verify!r}")
     report = OrphanReport()
     shards: dict[str, dict] = {}
-    for e in root.list_dir(SHARDS_DIR):
-        name = e["name"].rsplit("/", 1)[-1]
+    infos: dict[str, dict] = {}  # relative path -> listing info, for find_orphans' age filter
+    for e in iter_files(root.fs, root.join(SHARDS_DIR)):  # streamed page by page
+        name = base_name(e["name"])
         if name.startswith(".") and TMP_MARKER in name:
             report.temp_files.append(f"{SHARDS_DIR}/{name}")
+            infos[f"{SHARDS_DIR}/{name}"] = e
         elif name.endswith(".tar"):
             shards[name] = e
     valid: list[ShardRecord] = []
-    record_paths = []
-    for e in root.list_dir(RECORDS_DIR):
-        name = e["name"].rsplit("/", 1)[-1]
-        if name.startswith(".") and TMP_MARKER in name:
-            report.temp_files.append(f"{RECORDS_DIR}/{name}")
-        elif name.endswith(".json"):
-            record_paths.append(e["name"])
-    # one batched read (concurrent on async filesystems such as s3fs); errors come back as values
-    contents = root.fs.cat(record_paths, on_error="return") if record_paths else {}
-    for path in record_paths:
-        name = path.rsplit("/", 1)[-1]
+
+    def record_paths() -> Iterator[str]:
+        for e in iter_files(root.fs, root.join(RECORDS_DIR)):
+            name = base_name(e["name"])
+            if name.startswith(".") and TMP_MARKER in name:
+                report.temp_files.append(f"{RECORDS_DIR}/{name}")
+                infos[f"{RECORDS_DIR}/{name}"] = e
+            elif name.endswith(".json"):
+                infos[f"{RECORDS_DIR}/{name}"] = e
+                yield e["name"]
+
+    # each record read once, in concurrent batches (async filesystems such as s3fs); errors come back as values
+    for path, data in read_many(root.fs, record_paths()):
+        name = base_name(path)
         rel = f"{RECORDS_DIR}/{name}"
-        data = contents.get(path, contents.get(root.fs._strip_protocol(path), FileNotFoundError(path)))
         if isinstance(data, FileNotFoundError):
             continue  # deleted while we listed (a rerun of that subject)
         try:
@@ -100,6 +109,8 @@ def _scan(root: DatasetRoot, verify: Verify) -> tuple[list[ShardRecord], OrphanR
     report.shards = [f"{SHARDS_DIR}/{n}" for n in sorted(shards) if n not in committed]
     report.temp_files.sort()
     report.invalid_records.sort()
+    shards.update({f"{SHARDS_DIR}/{n}": e for n, e in list(shards.items())})
+    shards.update(infos)
     return sorted(valid, key=lambda r: r.shard), report, shards
 
 
@@ -111,10 +122,34 @@ def list_committed(root_url: str | DatasetRoot, storage_options: dict[str, Any] 
 
 def subject_records(root_url: str | DatasetRoot, subject_id: str, storage_options: dict[str, Any] | None = None,
                     verify: Verify = "size") -> list[ShardRecord]:
-    """Committed records of the shards with prefix ``subject_id``, in index order."""
-    pat = re.compile(SHARD_NAME_RE.format(prefix=re.escape(subject_id), ext="tar"))
-    recs = [r for r in list_committed(root_url, storage_options, verify) if pat.match(r.name)]
-    return sorted(recs, key=lambda r: r.shard_index)
+    """Committed records of the shards with prefix ``subject_id``, in index order.
+
+    Found by key (``records/{subject_id}-000000.json``, ``-000001``, ... up to the first missing one:
+    a subject's records are contiguous, :func:`facegs.shards.writer.commit_subject`), never by a
+    listing; each record must name its shard, which must exist and match (``verify``)."""
+    check_id(subject_id)
+    root = DatasetRoot.open(root_url, storage_options)
+    out: list[ShardRecord] = []
+    for idx in itertools.count():
+        name = shard_name(subject_id, idx)
+        try:
+            rec = ShardRecord.from_dict(json.loads(root.fs.cat_file(root.record_path(name))))
+        except FileNotFoundError:
+            return out
+        except (ValueError, TypeError):
+            continue
+        if rec.shard != f"{SHARDS_DIR}/{name}":
+            continue
+        try:
+            info = root.fs.info(root.shard_path(name)) if verify != "none" else {}
+        except FileNotFoundError:
+            continue
+        if verify != "none" and int(info.get("size", -1)) != rec.num_bytes:
+            continue
+        if verify == "sha256" and sha256_of(root.fs, root.shard_path(name)) != rec.sha256:
+            continue
+        out.append(rec)
+    return out
 
 
 def _old_enough(info: dict[str, Any] | None, min_age_s: float, now: float) -> bool:
@@ -135,7 +170,7 @@ def find_orphans(root_url: str | DatasetRoot, storage_options: dict[str, Any] | 
     _, report, shard_infos = _scan(root, verify)
     if min_age_s > 0:
         now = time.time()
-        infos = {root.relative(e["name"]): e for sub in (SHARDS_DIR, RECORDS_DIR) for e in root.list_dir(sub)}
+        infos = shard_infos  # the scan's own listing: nothing is listed twice
         report.shards = [p for p in report.shards if _old_enough(infos.get(p), min_age_s, now)]
         report.temp_files = [p for p in report.temp_files if _old_enough(infos.get(p), min_age_s, now)]
         report.invalid_records = [(p, r) for p, r in report.invalid_records

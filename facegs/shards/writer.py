@@ -20,8 +20,9 @@ Properties:
     (atomic within one filesystem). fsspec's own ``fs.transaction`` is NOT used locally: its local
     temporary file lives in the system temp dir and is committed with ``shutil.move``, which falls
     back to a non-atomic copy into the final path when the temp dir is on another filesystem.
-  - S3 (``s3fs``): ``fs.open(path, "wb", autocommit=False)`` streams the shard as a multipart
-    upload straight to its final key; the key appears only when ``commit()`` completes the upload
+  - S3 (``s3fs``): a shard of at most 8 MiB (``facegs.core.storage.SMALL_PUT_BYTES``) is kept in
+    memory and written with one ``PutObject`` (atomic, one request); a larger one is streamed by
+    ``fs.open(path, "wb", autocommit=False)`` as a multipart upload straight to its final key; the key appears only when ``commit()`` completes the upload
     after a clean write; on an exception the upload is aborted (``discard()``). A plain
     ``with fs.open(path, "wb")`` would be wrong: its ``__exit__`` closes, and closing commits, so
     an exception mid-shard would publish a truncated object (verified against moto: a 1000-byte
@@ -48,7 +49,6 @@ Properties:
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -56,6 +56,7 @@ from facegs.core.errors import InputError
 from facegs.core.ids import check_id
 from facegs.core.storage import open_atomic
 from facegs.shards.encode import EncodedSample, Sample, encode_samples
+from facegs.shards.listing import key_exists
 from facegs.shards.root import RECORDS_DIR, SHARDS_DIR, DatasetRoot, ShardRecord, make_record, write_record
 from facegs.shards.schema import (
     sample_key,
@@ -133,13 +134,17 @@ def write_shards(
 SHARD_NAME_RE = r"^{prefix}-(\d{{6}})\.{ext}$"
 
 
-def _prefix_indices(names: Iterable[str], prefix: str, ext: str) -> dict[int, str]:
-    pat = re.compile(SHARD_NAME_RE.format(prefix=re.escape(prefix), ext=ext))
-    out = {}
-    for n in names:
-        if m := pat.match(n):
-            out[int(m.group(1))] = n
-    return out
+def _present_from(root: DatasetRoot, prefix: str, sub: str, start: int) -> list[int]:
+    """Indices ``start, start + 1, ...`` of ``root/sub/{prefix}-{index:06d}.*`` that exist, up to the
+    first missing one (one key probe each: a subject's files are found by key, never by a listing)."""
+    out, idx = [], start
+    while True:
+        name = shard_name(prefix, idx)
+        path = root.shard_path(name) if sub == SHARDS_DIR else root.record_path(name)
+        if not key_exists(root.fs, path):
+            return out
+        out.append(idx)
+        idx += 1
 
 
 def commit_subject(
@@ -164,12 +169,19 @@ def commit_subject(
     4. delete shards (and records) with higher indices left over from an earlier, larger run.
     Every sample must belong to ``subject_id``. Returns the records, in index order.
     A subject is complete when :func:`subject_records` lists the records this function returned.
+
+    Cost: only the subject's own keys are touched, never a listing (the same at 10 subjects or a
+    million). A subject's shards and records are numbered contiguously from 000000 (written in index
+    order, deleted highest first), so steps 1 and 4 find them by probing keys upwards from 000000 and
+    from the new shard count: a fresh subject costs one probe each, and one object write per shard
+    and per record. Anything a crash leaves outside that contiguous run is an orphan that
+    :func:`facegs.factory.finalize.finalize` removes.
     """
     sample_key(subject_id, 0)  # validates the id (no dots or slashes)
     root = DatasetRoot.open(root_url, storage_options)
-    old_records = _prefix_indices([e["name"].rsplit("/", 1)[-1] for e in root.list_dir(RECORDS_DIR)], subject_id, "json")
-    for name in old_records.values():
-        root.fs.rm_file(root.join(RECORDS_DIR, name))
+    for idx in reversed(_present_from(root, subject_id, RECORDS_DIR, 0)):
+        with contextlib.suppress(FileNotFoundError):
+            root.fs.rm_file(root.record_path(shard_name(subject_id, idx)))
 
     def own(samples: Iterable[Sample]) -> Iterator[Sample]:
         for s in samples:
@@ -182,10 +194,9 @@ def commit_subject(
                            rgb_format=rgb_format, jpeg_quality=jpeg_quality, write_records=False)
     for rec in records:
         write_record(root, rec)
-    shard_names = [e["name"].rsplit("/", 1)[-1] for e in root.list_dir(SHARDS_DIR)]
-    for idx, name in sorted(_prefix_indices(shard_names, subject_id, "tar").items()):
-        if idx >= len(records):
-            with contextlib.suppress(FileNotFoundError):
-                root.fs.rm_file(root.record_path(name))
-            root.fs.rm_file(root.shard_path(name))
+    for idx in reversed(_present_from(root, subject_id, SHARDS_DIR, len(records))):
+        name = shard_name(subject_id, idx)
+        with contextlib.suppress(FileNotFoundError):
+            root.fs.rm_file(root.record_path(name))
+        root.fs.rm_file(root.shard_path(name))
     return records
