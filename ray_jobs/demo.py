@@ -45,10 +45,11 @@ SHIPPED_PARSER = REPO / "models" / "base_parser" / "base.pt"
 FINETUNE = {"abs_yaw_range": (30.0, 90.0), "mix_ratio": 0.5, "lr": 5e-4}
 FT_EPOCHS = 12
 FT_EPOCH_LENGTH = 96
-# WiSE-FT after fine-tuning: the largest interpolation with the base parser that loses at most this
-# many mean-F1 points on near-frontal validation subjects (synthesised, disjoint from the test set)
+# WiSE-FT after fine-tuning: of the interpolations with the base parser that lose at most this many
+# mean-F1 points on near-frontal validation subjects (synthesised, disjoint from the test set), the
+# one with the highest validation mean F1
 WISE_MAX_DROP = 0.5
-WISE_RULE = "best"  # the alpha with the highest validation mean F1 within that drop
+WISE_RULE = "best"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

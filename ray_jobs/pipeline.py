@@ -12,10 +12,10 @@ Round r (1..K), under ``OUT/round{r}/``:
    on the round's shards (optionally mixed with an original labelled set); it becomes the current
    parser of round r+1 (the spirit of FOCUS's EM rounds: better labels -> better consensus -> a
    better parser). With ``--wise-max-drop D`` the fine-tuned weights are interpolated with the
-   round's starting parser (WiSE-FT, :mod:`facegs.evaluate.wise`): ``parser_wise.pt``, alpha the
-   largest whose mean F1 on near-frontal validation views (``--wise-val-set``, or subjects
-   synthesised into ``OUT/val_frontal``; never the test set) loses at most D points; it is then the
-   round's parser.
+   round's starting parser (WiSE-FT, :mod:`facegs.evaluate.wise`): ``parser_wise.pt``, alpha chosen
+   among those whose mean F1 on near-frontal validation views (``--wise-val-set``, or subjects
+   synthesised into ``OUT/val_frontal``; never the test set) loses at most D points (the largest, or
+   with ``--wise-rule best`` the highest-scoring); it is then the round's parser.
 Finally ``ray_jobs.evaluate``'s report compares the base parser and every round's parser on the
 test set by pose bin (``OUT/report/``), and ``OUT/pipeline.json`` holds per-round numbers: the
 factory's counts and failures, the refined labels' agreement with the capture's ground truth
@@ -89,8 +89,8 @@ class PipelineConfig:
     address: str | None = field(default=None, metadata=opt("Ray address (default: $RAY_ADDRESS, else a local Ray)"))
     num_cpus: int | None = field(default=None, metadata=opt("CPUs of a new local Ray (default: all)"))
     wise_max_drop: float | None = field(default=None, metadata=opt(
-        "interpolate each round's fine-tuned weights with the round's starting parser (WiSE-FT): alpha the largest "
-        "whose mean F1 on near-frontal validation views loses at most this many points (default: off)"))
+        "interpolate each round's fine-tuned weights with the round's starting parser (WiSE-FT), alpha among those "
+        "whose mean F1 on near-frontal validation views loses at most this many points (--wise-rule; default: off)"))
     wise_val_set: str | None = field(default=None, metadata=opt(
         "labelled near-frontal validation views for --wise-max-drop (a test-set layout, see ray_jobs.evaluate; "
         "default: --wise-val-subjects synthetic subjects in OUT/val_frontal); never the test set"))

@@ -43,12 +43,21 @@ def test_pipeline_one_round_end_to_end(tmp_path, monkeypatch):
     assert (out / "report" / "report.md").read_text().count("round1") >= 1
     assert (out / "report" / "f1_vs_yaw.png").is_file() and (out / "report" / "contact_sheet.html").is_file()
     assert "yaw" in r1["eval"] and doc["test_views"] > 0
-    # rerun: everything is reused (complete subjects skipped, checkpoint reused)
+    # rerun: everything is reused (complete subjects skipped, checkpoint reused); WiSE-FT on top
     rc = pipeline.main(["--subjects", str(subjects), "--parser", str(base), "--out", str(out), "--rounds", "1",
                         "--first-labels", "noise:pixel:0.3", "--test-set", str(out / "test_set"),
                         "--preset", "test", "--steps", "80", "--renders", "6", FACTORY_ARGS,
-                        "--num-cpus", "2"])
+                        "--num-cpus", "2", "--wise-max-drop", "1", "--wise-rule", "best",
+                        "--wise-val-subjects", "1", "--test-res", "64"])
     assert rc == 0
+    (w1,) = json.loads((out / "pipeline.json").read_text())["rounds"]
+    wise = w1["wise_ft"]
+    assert w1["parser"] == str(out / "round1" / "parser_wise.pt") and w1["finetuned"] == str(out / "round1" / "parser.pt")
+    assert wise["val_views"] == 21 and [r["alpha"] for r in wise["table"]] == [round(0.1 * i, 2) for i in range(11)]
+    top = max(r["mean_f1"] for r in wise["table"] if r["mean_f1"] >= wise["table"][0]["mean_f1"] - 1.0)
+    assert wise["alpha"] == min(r["alpha"] for r in wise["table"] if r["mean_f1"] == top)
+    meta = load_parser(out / "round1" / "parser_wise.pt").meta["extra"]["wise_ft"]
+    assert meta["alpha"] == wise["alpha"] and meta["rule"] == "best" and meta["max_drop"] == 1.0
     s = json.loads((out / "round1" / "dataset" / "summary.json").read_text())
     assert s["subjects_skipped"] == 2 and s["subjects_done"] == 0
     # the refined labels' agreement with ground truth comes from the done markers: the same on a rerun
