@@ -351,7 +351,8 @@ def main() -> int:
     p.add_argument("--res", type=int, default=128)
     p.add_argument("--renders", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--parser", default="bench/out/base_parser_v2/base.pt")
+    p.add_argument("--parser", default="bench/out/base_parser_2400/base.pt",
+                   help="base parser for the parser arm (bench/base_parser.py --out bench/out/base_parser_2400)")
     p.add_argument("--out", default=str(OUT))
     a = p.parse_args()
     OUT = Path(a.out)
