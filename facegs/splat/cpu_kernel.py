@@ -56,7 +56,10 @@ _STATE: dict[str, object] = {}  # "lib": path of the loaded library, or "error":
 
 
 def _cflags() -> list[str]:
-    flags = ["-O3", "-DNDEBUG", "-fopenmp-simd", "-ffp-contract=fast", "-Wno-psabi"]
+    # -fopenmp: at::parallel_for is inline OpenMP (ATen's parallel backend); without it the
+    # extension's loops run on one thread whatever torch.set_num_threads says. The library links
+    # libgomp.so.1, the soname torch already loaded, so the process keeps one OpenMP runtime.
+    flags = ["-O3", "-DNDEBUG", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]
     if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64"):
         flags.append("-march=native")  # built on the machine that runs it (the hash covers the CPU)
     return flags
@@ -100,7 +103,8 @@ def _build(name: str, final: Path) -> None:
     path = os.environ.get("PATH", "")
     try:  # ninja (a pip dependency) next to the interpreter, also when the venv is not activated
         os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
-        lib = cpp_extension.load(name, [str(src) for src in SOURCES], extra_cflags=_cflags(), build_directory=str(tmp),
+        lib = cpp_extension.load(name, [str(src) for src in SOURCES], extra_cflags=_cflags(), extra_ldflags=["-fopenmp"],
+                                 build_directory=str(tmp),
                                  is_python_module=False, verbose=False)  # fmt: skip
         os.replace(lib, final)
     finally:
