@@ -1,7 +1,8 @@
 """Label refinement benchmark: what the factory ships, scored against exact labels, on held-out subjects.
 
 For every rig x held-out subject x label arm, the factory's own subject pipeline runs with its
-defaults (``facegs.factory.subject.refine`` with ``FactoryConfig().refine(seed)``: fit preset
+defaults (``facegs.factory.subject.refine`` with ``FactoryConfig().refine(seed)``, run as its two
+halves ``facegs.fit.loop.fit_subject`` + ``facegs.factory.subject.place`` so the fitted scene can be kept: fit preset
 ``cpu_demo``, 32 novel views at 128 px, head frame by ``facegs.headframe.place``, default clean-up):
 
 1. the capture views are labelled (``clean`` = exact labels, ``parser`` = the base parser with flip
@@ -19,7 +20,9 @@ defaults (``facegs.factory.subject.refine`` with ``FactoryConfig().refine(seed)`
     .venv/bin/python bench/label_refinement.py --rig facescape --threads 1   # one rig per process
     .venv/bin/python bench/label_refinement.py --report                      # tables, plots, JSON
 
-Per-fit records are cached under ``bench/out/label_refinement/fits/`` (a rerun skips finished fits);
+Per-fit records are cached under ``bench/out/label_refinement/fits/`` (a rerun skips finished fits),
+the fitted scenes under ``scenes/`` (``--rescore`` redoes everything after the fit on them: head frame,
+left/right side rule, renders, scores);
 ``--report`` writes summary.md, summary.json and plots (F1 by |yaw| per rig, quality vs true mIoU).
 """
 
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facegs.core.cameras import rotation_angle_deg, w2c_to_head_pose  # noqa: E402
 from facegs.core.errors import FitError  # noqa: E402
+from facegs.core.hashing import to_builtin  # noqa: E402
 from facegs.core.labels import get_label_set  # noqa: E402
 from facegs.core.manifest import load_manifest  # noqa: E402
 from facegs.evaluate.confusion import ConfusionMatrix  # noqa: E402
@@ -45,14 +49,15 @@ from facegs.evaluate.metrics import PoseBinnedEvaluator  # noqa: E402
 from facegs.evaluate.plots import plot_f1_vs_yaw  # noqa: E402
 from facegs.factory.config import FactoryConfig  # noqa: E402
 from facegs.factory.quality import combine  # noqa: E402
-from facegs.factory.subject import refine  # noqa: E402
+from facegs.factory.subject import place  # noqa: E402
+from facegs.fit.loop import FitResult, fit_subject  # noqa: E402
 from facegs.headframe.estimate import estimate_head_frame  # noqa: E402
 from facegs.label.views import initial_labels  # noqa: E402
 from facegs.parser.checkpoint import load_parser  # noqa: E402
 from facegs.render.cleanup import CleanupConfig  # noqa: E402
 from facegs.render.poses import cameras_for_poses, match_capture_intrinsics  # noqa: E402
 from facegs.render.views import render_novel_views  # noqa: E402
-from facegs.splat.scene import activated  # noqa: E402
+from facegs.splat.scene import activated, load_tensors, save_tensors  # noqa: E402
 from facegs.synth.generate import generate_subject  # noqa: E402
 from facegs.synth.params import HeadParams  # noqa: E402
 from facegs.synth.raytrace import render_views as synth_render  # noqa: E402
@@ -126,8 +131,9 @@ def score(views, cams, T: np.ndarray, gts: list[dict]) -> dict:
 
 
 def run_fit(rig: str, seed: int, arm: str, a: argparse.Namespace, parser) -> dict:
-    out = OUT / "fits" / f"{rig}_{seed}_{arm.replace(' ', '_')}.json"
-    if out.is_file():
+    name = f"{rig}_{seed}_{arm.replace(' ', '_')}"
+    out = OUT / "fits" / f"{name}.json"
+    if out.is_file() and not a.rescore:
         return json.loads(out.read_text())
     sdir = OUT / "subjects" / rig
     sid = f"s{seed}"
@@ -142,17 +148,28 @@ def run_fit(rig: str, seed: int, arm: str, a: argparse.Namespace, parser) -> dic
     cfg = fc.refine(seed)
     t0 = time.perf_counter()
     labels = initial_labels(m, "parser:x" if spec == "parser" else fc.labels, parser=parser, flip_tta=True, seed=seed)
+    # the fitted scene is kept (scenes/NAME.pt): --rescore reruns everything after the fit on it
+    scene = OUT / "scenes" / f"{name}.pt"
+    if scene.is_file():
+        params, info = load_tensors(scene)
+        fit = FitResult({k: v.detach() for k, v in params.items()}, [], info["meta"]["summary"])
+        fit_s = info["meta"]["fit_s"]
+    else:
+        fit = fit_subject(m, cfg.fit, labels=labels)
+        fit_s = round(time.perf_counter() - t0, 1)
+        scene.parent.mkdir(parents=True, exist_ok=True)
+        save_tensors(scene, fit.params, meta={"summary": to_builtin(fit.summary), "fit_s": fit_s})
     try:
-        r = refine(m, cfg, labels=labels)
+        r = place(m, cfg, fit, labels=labels)
     except FitError as e:  # the factory refuses the subject (recorded as a failure, never shipped)
-        rec = {"rig": rig, "seed": seed, "arm": arm, "labels": spec, "fit_s": round(time.perf_counter() - t0, 1),
+        rec = {"rig": rig, "seed": seed, "arm": arm, "labels": spec, "fit_s": fit_s,
                "failed": str(e)}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rec, indent=1))
         return rec
-    t_fit = time.perf_counter() - t0
+    t_fit = fit_s
     err = rotation_angle_deg(r.head_frame.world_from_head[:3, :3], T[:3, :3])
-    old = old_head_frame(r.params)
+    old = old_head_frame(r.fit.params)
     W, H = r.width, r.height
     # (a) the renders a user gets: cameras in the estimated frame, truth at the same cameras
     user_views = list(r.views())
@@ -354,6 +371,8 @@ def main() -> int:
     p.add_argument("--parser", default="bench/out/base_parser_2400/base.pt",
                    help="base parser for the parser arm (bench/base_parser.py --out bench/out/base_parser_2400)")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--rescore", action="store_true",
+                   help="redo everything after the fit (head frame, side rule, renders, scores) on the kept scenes")
     a = p.parse_args()
     OUT = Path(a.out)
     if a.rig:

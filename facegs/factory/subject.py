@@ -6,7 +6,8 @@ and ``facegs refine`` (:func:`refine_subject`, a subject directory of novel view
 - in: a validated :class:`facegs.core.manifest.SubjectManifest` and its initial labels (in memory,
   :func:`facegs.label.views.initial_labels`, or the subject's own label files);
 - :func:`refine`: fit (:mod:`facegs.fit`) -> head frame from the fitted scene, or the rig prior
-  (:func:`facegs.headframe.place.place_head_frame`, checked, with a reliability) -> cameras at sampled head poses
+  (:func:`facegs.headframe.place.place_head_frame`, checked, with a reliability) -> left/right parts
+  moved to their own side of it (:func:`facegs.headframe.sides.enforce_sides`) -> cameras at sampled head poses
   (:mod:`facegs.render.views`); returns a :class:`RefinedSubject`;
 - out: :meth:`RefinedSubject.views` (rendered, cleaned :class:`facegs.render.views.RenderedView`)
   and :meth:`RefinedSubject.samples` (the same as shard :class:`facegs.shards.encode.Sample` objects,
@@ -53,6 +54,7 @@ from facegs.fit.config import FitConfig
 from facegs.fit.loop import FitResult, fit_subject
 from facegs.headframe.frame import HeadFrame
 from facegs.headframe.place import PlacementConfig, capture_views, place_head_frame
+from facegs.headframe.sides import SIDED_SOURCES, SideConfig, enforce_sides
 from facegs.headframe.visible import render_capture_views
 from facegs.ingest.validate import load_subject
 from facegs.label.views import ViewLabels
@@ -73,6 +75,7 @@ class RefineConfig(NovelViewConfig):
     cleanup_cfg: CleanupConfig = field(default_factory=CleanupConfig)
     seed: int = field(default=0, metadata=opt("seed of the fit and of the pose sampling"))
     head_frame: PlacementConfig = field(default_factory=PlacementConfig)
+    sides: SideConfig = field(default_factory=SideConfig)
 
 
 def fit_metrics(summary: Mapping[str, Any]) -> dict[str, float | str | None]:
@@ -90,7 +93,7 @@ class RefinedSubject:
     manifest: SubjectManifest
     cfg: RefineConfig
     fit: FitResult
-    params: dict[str, torch.Tensor]  # on the fit device
+    params: dict[str, torch.Tensor]  # on the fit device; left/right logits made consistent with the head frame
     head_frame: HeadFrame
     head_frame_source: str  # "labels+symmetry" | "labels" | "cameras+symmetry" | "cameras"
     cameras: Cameras
@@ -137,11 +140,23 @@ def refine(m: SubjectManifest, cfg: RefineConfig, *, labels: Mapping[str, ViewLa
     [P, 3] yaw/pitch/roll). Raises :class:`facegs.core.errors.FitError` when no head frame can be
     placed (``cfg.head_frame.policy``: "fallback" fails only when the label-free estimate fails too)."""
     fit = fit_subject(m, cfg.fit, device=device, backend=backend, progress=progress, labels=labels)
+    return place(m, cfg, fit, labels=labels, device=device, backend=backend, poses=poses)
+
+
+def place(m: SubjectManifest, cfg: RefineConfig, fit: FitResult, *, labels: Mapping[str, ViewLabels] | None = None,
+          device: str | torch.device = "cpu", backend: str = "auto", poses: np.ndarray | None = None) -> RefinedSubject:
+    """Everything of :func:`refine` after the fit: the head frame of the fitted scene, the left/right
+    side rule, the novel cameras, the probe renders and the quality (``labels``: the initial labels
+    the fit used, for the input agreement)."""
     params = {k: v.to(device) for k, v in fit.params.items()}
     views = capture_views(m)
     renders = render_capture_views(params, views, max_side=cfg.head_frame.max_side, backend=backend)
     hf, source = place_head_frame(params, views, cfg.head_frame, subject=m.subject_id, backend=backend,
                                   renders=renders)
+    side_stats = None
+    if source in SIDED_SOURCES:  # left parts on the subject's left (facegs.headframe.sides)
+        params, side_stats = enforce_sides(params, hf.world_from_head, cfg.sides)
+        hf.diagnostics["sides"] = side_stats
     cams, width, height = novel_cameras(m, hf.world_from_head, cfg, cfg.seed, poses)
     r = RefinedSubject(m, cfg, fit, params, hf, source, cams, width, height, backend)
     cleanup = cfg.cleanup_cfg if cfg.cleanup else None
@@ -150,7 +165,8 @@ def refine(m: SubjectManifest, cfg: RefineConfig, *, labels: Mapping[str, ViewLa
     psnr = (fit.summary.get("eval") or {}).get("psnr")
     r.quality = {**input_agreement(m, renders, labels), "ignore_fraction": ignore_fraction(r.probe),
                  "head_frame_reliability": hf.diagnostics.get("reliability"),
-                 "psnr": None if psnr is None else round(float(psnr), 4)}
+                 "psnr": None if psnr is None else round(float(psnr), 4),
+                 "lr_side_swapped_fraction": None if side_stats is None else side_stats["swapped_fraction"]}
     r.quality["quality"] = combine(r.quality)
     return r
 
@@ -180,8 +196,9 @@ def refine_subject(subject_dir: str | os.PathLike, out_dir: str | os.PathLike, c
                               world_to_camera=rv.w2c, labels=f"labels/{vid}.png",
                               confidence=f"confidence/{vid}.png", ignore=f"ignore/{vid}.png",
                               mask=f"masks/{vid}.png", pose=rv.pose))
-        save_ply(tmp / "scene.ply", r.fit.params, label_set=CANONICAL)
-        save_tensors(tmp / "scene.pt", r.fit.params, label_set=CANONICAL)
+        scene = {k: v.detach().cpu() for k, v in r.params.items()}  # the logits the renders used
+        save_ply(tmp / "scene.ply", scene, label_set=CANONICAL)
+        save_tensors(tmp / "scene.pt", scene, label_set=CANONICAL)
         T = r.head_frame.world_from_head
         summary = {
             "subject_id": m.subject_id,

@@ -15,6 +15,14 @@ until the normal moves by less than 0.01 degree. Several starting normals are tr
 caller gives and rotations of them by +-``spread`` degrees about the other two axes); the plane with
 the lowest median mirror distance wins. That distance, relative to the face size, says how
 symmetric the fitted surface really is.
+
+4. The ICP's fixed point is not the mirror plane where the sampled surface is uneven (one cheek
+   seen more than the other, hair over one temple): nearest-neighbour pairs slide along the surface
+   and the normal of their differences tilts, 2.5-8.5 degrees on the exact surfaces of the
+   benchmark's synthetic heads. So the winner is refined by minimising the mirror distance itself
+   (mean of the closest ``keep`` fraction of reflected points to the surface; Nelder-Mead over the
+   normal's two tilts and the offset, scipy), which is smallest at the true plane whatever the
+   sampling: 0.0-0.1 degrees on the same surfaces.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import minimize
 from scipy.spatial import cKDTree
 
 
@@ -66,10 +75,35 @@ def _icp(P: np.ndarray, tree: cKDTree, n: np.ndarray, iters: int, trim: float) -
     return n, d, float(np.median(dist))
 
 
+def _refine(P: np.ndarray, tree: cKDTree, n0: np.ndarray, d0: float, keep: float) -> tuple[np.ndarray, float]:
+    """Step 4: the plane near ``(n0, d0)`` minimising the trimmed mean mirror distance."""
+    helper = np.array([0.0, 0.0, 1.0]) if abs(n0[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    a1 = np.cross(n0, helper)
+    a1 /= np.linalg.norm(a1)
+    a2 = np.cross(n0, a1)
+    k = max(1, min(int(keep * len(P)), len(P) - 1))
+
+    def plane(x: np.ndarray) -> tuple[np.ndarray, float]:
+        n = n0 + x[0] * a1 + x[1] * a2
+        return n / np.linalg.norm(n), d0 + x[2]
+
+    def cost(x: np.ndarray) -> float:
+        n, d = plane(x)
+        dist, _ = tree.query(P - 2.0 * ((P @ n) - d)[:, None] * n)
+        return float(np.mean(np.partition(dist, k)[:k]))
+
+    size = float(np.median(np.linalg.norm(P - P.mean(axis=0), axis=1)))
+    simplex = np.array([[0.0, 0.0, 0.0], [0.05, 0.0, 0.0], [0.0, 0.05, 0.0], [0.0, 0.0, 0.05 * size]])
+    res = minimize(cost, np.zeros(3), method="Nelder-Mead",
+                   options={"initial_simplex": simplex, "xatol": 1e-5, "fatol": 1e-12, "maxiter": 600})
+    return plane(res.x)
+
+
 def symmetry_plane(points: np.ndarray, init_normals: Sequence[np.ndarray], *, iters: int = 40, trim: float = 2.5,
-                   spread: float = 20.0, max_points: int = 8000, seed: int = 0) -> SymmetryPlane:
-    """The mirror plane of ``points`` [M, 3] (see the module docstring). Raises ValueError for fewer
-    than 50 points or no starting normal."""
+                   spread: float = 20.0, max_points: int = 8000, seed: int = 0, keep: float = 0.8) -> SymmetryPlane:
+    """The mirror plane of ``points`` [M, 3] (see the module docstring; ``keep``: the fraction of
+    reflected points whose distances step 4 averages). Raises ValueError for fewer than 50 points
+    or no starting normal."""
     P = np.asarray(points, dtype=np.float64)
     if len(P) < 50 or not init_normals:
         raise ValueError(f"need >= 50 surface points and a starting normal, got {len(P)} points")
@@ -89,4 +123,6 @@ def symmetry_plane(points: np.ndarray, init_normals: Sequence[np.ndarray], *, it
             if best is None or cand[2] < best[2]:
                 best = cand
     assert best is not None
-    return SymmetryPlane(normal=best[0], offset=best[1], residual=best[2], n_points=len(P))
+    n, d = _refine(P, tree, best[0], best[1], keep)
+    dist, _ = tree.query(P - 2.0 * ((P @ n) - d)[:, None] * n)
+    return SymmetryPlane(normal=n, offset=d, residual=float(np.median(dist)), n_points=len(P))
