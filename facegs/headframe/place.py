@@ -294,7 +294,8 @@ def _plane(surface: SurfacePoints, labels: HeadFrame | None, rig: HeadFrame | No
     face = np.isin(surface.labels, [ls.index(c) for c in SYMMETRIC_CLASSES])
     inits = [f.world_from_head[:3, 0] for f in (labels, rig) if f is not None]
     try:
-        return symmetry_plane(surface.points[face], inits)
+        return symmetry_plane(surface.points[face], inits, near=None if rig is None else rig.world_from_head[:3, 0],
+                              max_deg=cfg.max_rig_forward_deg)
     except ValueError as e:
         reasons.append(f"no symmetry plane: {e}")
         return None
