@@ -3,7 +3,7 @@
 A fitted scene can hold left/right parts on the wrong side of the face: views whose parser swapped
 left and right as a whole, or only in part, that the fit's view check (:mod:`facegs.fit.lr_views`)
 did not catch, pull some Gaussians of ``r_brow`` onto the left brow. The 2D check of the clean-up
-(:func:`facegs.render.cleanup.cleanup_labels`) swaps a whole class per rendered view; a partial mix
+(:func:`facegs.render.cleanup.fix_left_right`) swaps a whole class per rendered view; a partial mix
 stays. In 3D the rule is exact once the head frame is known: a Gaussian whose head-frame ``x`` is
 clearly positive (+x = the subject's LEFT) is not a right part, and vice versa.
 
