@@ -117,6 +117,11 @@ def _angle(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(a @ b, -1.0, 1.0))))
 
 
+def _axis_angle(a: np.ndarray, b: np.ndarray) -> float:
+    """Degrees between the lines along ``a`` and ``b`` (sign ignored: a plane's normal has none)."""
+    return min(_angle(a, b), _angle(a, -b))
+
+
 def _plane_basis(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     helper = np.array([0.0, 1.0, 0.0]) if abs(n[1]) < 0.9 else np.array([0.0, 0.0, 1.0])
     e1 = np.cross(helper, n)
@@ -314,7 +319,7 @@ def _fuse(labels: HeadFrame | None, plane: SymmetryPlane | None, rig: HeadFrame 
         return Estimate(T[:3, :3], T[:3, 3], d["scale"]), {"used": d["used"], "scale": d["scale"],
                                                             "rms_residual": d["rms_residual"]}
     ref = T[:3, 0]
-    if rig is not None and min(_angle(ref, plane.normal), _angle(ref, -plane.normal)) > cfg.max_label_vs_symmetry_deg:
+    if rig is not None and _axis_angle(ref, plane.normal) > cfg.max_label_vs_symmetry_deg:
         ref = rig.world_from_head[:3, 0]
     n = plane.normal if plane.normal @ ref >= 0 else -plane.normal
     lms = {k: np.asarray(v["position"]) for k, v in d["landmarks"].items() if k in d["used"]}
@@ -344,8 +349,7 @@ def _checks(fused: Estimate | None, labels: HeadFrame | None, plane: SymmetryPla
     scale = fused.scale or 1.0
     add("residual_rel", fdiag.get("rms_residual", np.inf) / scale, cfg.max_residual_rel)
     if plane is not None and labels is not None:
-        add("label_vs_symmetry_deg", min(_angle(labels.world_from_head[:3, 0], plane.normal),
-                                         _angle(labels.world_from_head[:3, 0], -plane.normal)),
+        add("label_vs_symmetry_deg", _axis_angle(labels.world_from_head[:3, 0], plane.normal),
             cfg.max_label_vs_symmetry_deg)
         add("symmetry_rel", plane.residual / scale, cfg.max_symmetry_rel)
         x = fused.R[:, 0]
@@ -369,8 +373,7 @@ def _fallback_checks(plane: SymmetryPlane | None, rig: HeadFrame | None, surface
     out: dict[str, dict[str, Any]] = {}
     for name, value, limit in (
             ("symmetry_rel", plane.residual / max(scale, 1e-9), cfg.max_symmetry_rel),
-            ("rig_x_vs_symmetry_deg", min(_angle(plane.normal, rig.world_from_head[:3, 0]),
-                                          _angle(-plane.normal, rig.world_from_head[:3, 0])), cfg.max_rig_forward_deg)):
+            ("rig_x_vs_symmetry_deg", _axis_angle(rig.world_from_head[:3, 0], plane.normal), cfg.max_rig_forward_deg)):
         out[name] = {"value": round(float(value), 5), "limit": limit, "term": round(_term(value, limit), 4)}
     return out
 
