@@ -134,9 +134,9 @@ def fit_with_fixed_x(landmarks: Mapping[str, np.ndarray], n: np.ndarray, d: floa
     """Landmarks -> template with the head's x axis fixed to ``n`` and the origin on the plane
     ``n . x = d``: a weighted 2D similarity (rotation about x, scale, in-plane translation) between
     the template's (y, z) and the landmarks projected on the plane (a left/right pair as its midpoint,
-    named ``"l_eye+r_eye"``); the worst landmark is dropped
-    while its 3D residual exceeds ``outlier_factor`` x the median and ``outlier_min`` template
-    metres, keeping at least 3. Raises HeadFrameError with fewer than 2 landmarks."""
+    named ``"l_eye+r_eye"``); the worst landmark is dropped while its 3D residual exceeds
+    ``outlier_factor`` x the median and ``outlier_min`` template metres, keeping at least 3.
+    Raises HeadFrameError with fewer than 2 landmarks."""
     present = list(landmarks)
     # a left/right pair projects to one point of the plane: fitted as its midpoint (one landmark,
     # both weights), so a pair placed unevenly (one side too high, or the sides swapped) cannot tilt
@@ -162,9 +162,7 @@ def fit_with_fixed_x(landmarks: Mapping[str, np.ndarray], n: np.ndarray, d: floa
         raise HeadFrameError(f"need at least 2 landmarks (a left/right pair counts once) for the in-plane fit, "
                              f"got {present}")
     e1, e2 = _plane_basis(n)
-    obs = np.stack(obs_l)
-    tmpl = np.stack(tmpl_l)
-    w_all = np.array(w_l)
+    obs, tmpl, w_all = np.stack(obs_l), np.stack(tmpl_l), np.array(w_l)
     a = np.stack([obs @ e1, obs @ e2], axis=1)
     b = tmpl[:, 1:]
     active = np.ones(len(names), dtype=bool)
