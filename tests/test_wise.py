@@ -126,3 +126,20 @@ def test_interpolate_and_export_commands(ckpts, val_dir, tmp_path, capsys):
     assert facegs_main(["parser", "export", "--parser", str(out), "--out", str(ts)]) == 0
     x = np.zeros((1, SIZE, SIZE, 3), np.uint8)
     assert np.array_equal(load_parser(ts).predict_labels(x), load_parser(out).predict_labels(x))
+
+
+def test_wise_alpha_benchmark_matches_choose_alpha_and_endpoints(ckpts, val_dir, tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("wise_alpha", Path(__file__).parents[1] / "bench" / "wise_alpha.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "w.json"
+    assert mod.main(["--base", str(ckpts[0]), "--finetuned", str(ckpts[1]), "--sets", str(val_dir),
+                     "--alphas", "0.5", "--out", str(out), "--no-flip-tta"]) == 0
+    doc = json.loads(out.read_text())
+    rows = doc["sets"][str(val_dir)]["rows"]
+    assert [r["alpha"] for r in rows] == [0.0, 0.5, 1.0]
+    _, table = choose_alpha(load_parser(ckpts[0]), load_parser(ckpts[1]), load_test_items(val_dir), alphas=(0.5, 1.0))
+    assert [r["mean_f1"] for r in rows] == [round(r["mean_f1"], 2) for r in table]
+    subj = doc["sets"][str(val_dir)]["frontal_per_subject"]
+    assert list(subj) == ["v0"] and subj["v0"]["views"] >= 1
