@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facegs.evaluate.compare import evaluate_checkpoints
 from facegs.evaluate.testsets import load_test_items
-from facegs.evaluate.wise import overall_mean_f1
+from facegs.evaluate.wise import evaluate_alphas, overall_mean_f1
 from facegs.parser.checkpoint import load_parser
-from facegs.train.wise import DEFAULT_ALPHAS, interpolate_parsers
+from facegs.train.wise import DEFAULT_ALPHAS
 
 
 def _pct(v: float | None) -> float | None:
@@ -48,13 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     base, ft = load_parser(a.base), load_parser(a.finetuned)
-    alphas = sorted({float(x) for x in a.alphas} | {0.0, 1.0})
-    names = [f"a{int(round(x * 1000)):04d}" for x in alphas]
-    models = {n: interpolate_parsers(base, ft, x) for n, x in zip(names, alphas)}
-    doc: dict = {"base": a.base, "finetuned": a.finetuned, "alphas": alphas, "sets": {}}
+    doc: dict = {"base": a.base, "finetuned": a.finetuned, "sets": {}}
     for s in a.sets:
         items = load_test_items(s)
-        res = evaluate_checkpoints(models, items, flip_tta=not a.no_flip_tta, pitch_bins=None)
+        alphas, names, res = evaluate_alphas(base, ft, items, a.alphas, flip_tta=not a.no_flip_tta,
+                                             include=(0.0, 1.0))
+        doc["alphas"] = alphas
         rows = []
         for n, x in zip(names, alphas):
             summ = res[n].summary()

@@ -27,6 +27,18 @@ def overall_mean_f1(results: Any, name: str) -> float:
 WISE_RULES = ("largest", "best")
 
 
+def evaluate_alphas(base: ParserModel, ft: ParserModel, items: Sequence[Any], alphas: Sequence[float], *,
+                    flip_tta: bool = False, progress: bool = False,
+                    include: Sequence[float] = (0.0,)) -> tuple[list[float], list[str], Any]:
+    """Every interpolation of ``base`` and ``ft`` at ``alphas`` (plus ``include``; sorted, unique)
+    evaluated on ``items``: ``(alphas, checkpoint names, EvalResults)`` with the names in the order
+    of the alphas (``"a0300"`` = alpha 0.3)."""
+    grid = sorted({float(a) for a in alphas} | {float(a) for a in include})
+    names = [f"a{int(round(a * 1000)):04d}" for a in grid]
+    models = {n: interpolate_parsers(base, ft, a) for n, a in zip(names, grid)}
+    return grid, names, evaluate_checkpoints(models, items, flip_tta=flip_tta, progress=progress, pitch_bins=None)
+
+
 def choose_alpha(base: ParserModel, ft: ParserModel, val_items: Sequence[Any], *, max_drop: float = 1.0,
                  alphas: Sequence[float] = DEFAULT_ALPHAS, flip_tta: bool = False, rule: str = "largest",
                  progress: bool = False) -> tuple[float, list[dict[str, float]]]:
@@ -43,10 +55,8 @@ def choose_alpha(base: ParserModel, ft: ParserModel, val_items: Sequence[Any], *
         raise ValueError(f"max_drop must be >= 0 points, got {max_drop}")
     if rule not in WISE_RULES:
         raise ValueError(f"rule must be one of {WISE_RULES}, got {rule!r}")
-    grid = sorted({float(a) for a in alphas} | {0.0})
-    models = {f"a{int(round(a * 1000)):04d}": interpolate_parsers(base, ft, a) for a in grid}
-    res = evaluate_checkpoints(models, val_items, flip_tta=flip_tta, progress=progress, pitch_bins=None)
-    table = [{"alpha": a, "mean_f1": overall_mean_f1(res, n)} for a, n in zip(grid, models)]
+    grid, names, res = evaluate_alphas(base, ft, val_items, alphas, flip_tta=flip_tta, progress=progress)
+    table = [{"alpha": a, "mean_f1": overall_mean_f1(res, n)} for a, n in zip(grid, names)]
     floor = table[0]["mean_f1"] - max_drop
     ok = [row for row in table if row["mean_f1"] >= floor]
     if not ok:
