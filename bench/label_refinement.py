@@ -288,7 +288,8 @@ def report(a: argparse.Namespace) -> str:
     true = [r["user"]["miou"] for r in recs]
     rho = _spearman(q, true)
     term_rho = {k: _spearman([float(r["quality"][k]) for r in recs], true)
-                for k in ("consensus_confidence", "input_miou", "psnr", "head_frame_reliability", "ignore_fraction")
+                for k in ("consensus_confidence", "consensus_margin", "input_miou", "psnr", "head_frame_reliability",
+                          "ignore_fraction")
                 if all(r["quality"].get(k) is not None for r in recs)}
     flagged_ok = [r for r in recs if r["head_frame"]["error_deg"] > 10]
     silent = [r for r in flagged_ok if (r["head_frame"]["reliability"] or 0) >= 0.5 and

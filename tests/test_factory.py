@@ -198,8 +198,9 @@ def test_done_marker_holds_quality_and_head_frame(small_ds):
     """Each subject's marker says how far it can be trusted, with no ground truth involved."""
     marker = json.loads((small_ds / "subjects" / "g0.json").read_text())
     q = marker["quality"]
-    assert {"quality", "input_miou", "input_iou", "consensus_confidence", "head_frame_reliability",
-            "ignore_fraction", "psnr"} <= set(q)
+    assert {"quality", "input_miou", "input_iou", "consensus_confidence", "consensus_margin",
+            "head_frame_reliability", "ignore_fraction", "psnr"} <= set(q)
+    assert 0.0 <= q["consensus_margin"] <= 1.0
     assert 0.0 <= q["quality"] <= 1.0 and q["input_iou"]["skin"] > 0.5
     hf = marker["head_frame"]
     assert hf["source"] in ("labels+symmetry", "labels", "cameras+symmetry", "cameras")
@@ -211,16 +212,17 @@ def test_done_marker_holds_quality_and_head_frame(small_ds):
 def test_quality_score_combines_its_terms():
     from facegs.factory.quality import combine
 
-    good = {"input_miou": 0.8, "consensus_confidence": 0.9, "psnr": 32.0, "head_frame_reliability": 1.0,
-            "ignore_fraction": 0.02}
+    good = {"input_miou": 0.8, "consensus_confidence": 0.9, "consensus_margin": 0.9, "psnr": 32.0,
+            "head_frame_reliability": 1.0, "ignore_fraction": 0.02}
     assert combine(good) == pytest.approx(1.0 * 0.9 * 0.98, abs=1e-4)
     assert combine({**good, "head_frame_reliability": 0.0}) == 0.0  # an unreliable frame sinks the subject
     assert combine({**good, "head_frame_reliability": 0.5}) == pytest.approx(0.5 * combine(good), abs=1e-4)
     assert combine({**good, "ignore_fraction": 0.5}) < combine(good)
-    assert combine({**good, "consensus_confidence": 0.6}) < combine(good)
-    # reported beside the score, not part of it (they track the input's noise and the RGB fit)
-    assert combine({**good, "input_miou": 0.2, "psnr": 15.0}) == combine(good)
-    assert combine({**good, "consensus_confidence": None}) == 0.0 and combine({}) == 0.0
+    assert combine({**good, "consensus_margin": 0.6}) < combine(good)
+    # reported beside the score, not part of it (they track the input's noise and the RGB fit; the
+    # mean top probability falls with uniform label noise that the consensus removes)
+    assert combine({**good, "input_miou": 0.2, "psnr": 15.0, "consensus_confidence": 0.5}) == combine(good)
+    assert combine({**good, "consensus_margin": None}) == 0.0 and combine({}) == 0.0
 
 
 def test_min_quality_gate_fails_the_subject_and_writes_nothing(subjects, tmp_path):

@@ -279,3 +279,39 @@ def test_rgb_only_fit_without_labels(subject):
     data = dataclasses.replace(data, labels=None, gt_labels=None)
     res = fit_views(data, small_cfg(steps=4, densify=False, eval_at_end=True), manifest=subject, progress=False)
     assert "label" not in res.metrics[-1] and "label_acc_input" not in res.summary["eval"]
+
+
+def test_background_labels_inside_the_mask_do_not_pull_the_logits(subject, tmp_path):
+    """matte_over_background: a 'background' label where the view's mask says foreground (a parser
+    eating the silhouette) weighs 1 - mask; other labels, and views without a mask, keep their weight."""
+    from facegs.fit.loop import label_pixel_weights
+
+    data = load_view_data(subject, views=["v00", "v01"])
+    labels = data.labels.clone()
+    inside = data.masks > 0.5
+    labels[inside & (torch.arange(SIZE)[None, None, :] < SIZE // 2)] = 0  # half the head labelled background
+    idx = torch.tensor([0, 1])
+    probs = torch.full((2, SIZE, SIZE, 19), 1 / 19)
+    cfg = small_cfg(confidence_weighting=False, label_class_balance=0.0)
+    fs = new_fit_state(2, cfg.resolved(), 1.0)
+    w, _ = label_pixel_weights(data, idx, labels, probs, cfg.resolved(), fs)
+    eaten = (labels == 0) & inside
+    assert eaten.sum() > 20 and (w[eaten] == 0).all()
+    assert (w[~eaten & (labels != 255)] == 1).all()  # true background and the other classes untouched
+    off, _ = label_pixel_weights(data, idx, labels, probs, dataclasses.replace(cfg.resolved(), matte_over_background=False), fs)
+    assert (off[labels != 255] == 1).all()
+    # a view that brought no mask (its mask is filled with ones) keeps its background labels
+    data.has_mask = torch.tensor([True, False])
+    mixed, _ = label_pixel_weights(data, idx, labels, probs, cfg.resolved(), fs)
+    assert (mixed[0][eaten[0]] == 0).all() and (mixed[1][labels[1] != 255] == 1).all()
+
+
+def test_views_without_a_mask_are_recorded(tmp_path):
+    m = make_subject(tmp_path / "s", n_views=3)
+    views = list(m.views)
+    views[1] = dataclasses.replace(views[1], mask=None)  # images are RGB: no alpha to fall back on
+    save_manifest(dataclasses.replace(m, views=tuple(views)))
+    data = load_view_data(load_manifest(tmp_path / "s"))
+    assert data.has_mask.tolist() == [True, False, True]
+    assert (data.masks[1] == 1).all()
+    assert load_view_data(m).has_mask is None  # every view has one: nothing to record

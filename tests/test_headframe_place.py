@@ -236,7 +236,7 @@ def test_labels_off_the_mid_plane_keep_the_frame_with_x_from_the_plane(subject, 
     would put them, the midline parts where they are (a parser that misplaces the paired parts):
     the labels' own frame rolls off the mirror plane and fails that check, but the frame with x
     from the plane and the rotation about x from the landmarks passes its own checks. It is used
-    (not the rig's pitch), flagged at the capped reliability."""
+    (not the rig's pitch), at the reliability of its own checks, the disagreement listed in the reasons."""
     pts, lab = surface
     T = subject.world_from_head
     head = (pts - T[:3, 3]) @ T[:3, :3]
@@ -249,8 +249,10 @@ def test_labels_off_the_mid_plane_keep_the_frame_with_x_from_the_plane(subject, 
     d = hf.diagnostics
     assert d["checks"]["label_vs_symmetry_deg"]["term"] < 1.0, d["checks"]
     assert source == "labels+symmetry", d["reasons"]
-    assert d["reliability"] == cfg.label_disagreement_reliability
+    assert d["reliability"] >= cfg.min_reliability
+    assert any(r.startswith("label_vs_symmetry_deg") for r in d["reasons"]), d["reasons"]
     err = frame_errors(hf.world_from_head, T)[0]
     labels_err = frame_errors(np.asarray(d["labels_frame"]), T)[0]
     rig_err = frame_errors(np.asarray(d["rig_frame"]), T)[0]
     assert err < 3.0 and labels_err > 12.0 and rig_err > 12.0, (err, labels_err, rig_err)  # measured 1.5, 17.6, 13.6
+

@@ -20,7 +20,7 @@ from facegs.render.views import NovelViewConfig
 from facegs.splat.rasterize import BACKENDS
 
 FIT_FIELDS = ("steps", "downscale", "label_mode", "confidence_weighting", "label_grad_to_geometry",
-              "label_class_balance", "label_inpaint_px", "lr_swap_check", "consensus_outliers")
+              "label_class_balance", "matte_over_background", "label_inpaint_px", "lr_swap_check", "consensus_outliers")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -134,7 +134,7 @@ def process_subject(
             metrics = refined.metrics
             q = refined.quality
             if q["quality"] < cfg.min_quality:
-                terms = ", ".join(f"{k} {q[k]}" for k in ("input_miou", "consensus_confidence",
+                terms = ", ".join(f"{k} {q[k]}" for k in ("input_miou", "consensus_margin",
                                                            "head_frame_reliability", "ignore_fraction", "psnr"))
                 reasons = "; ".join(refined.head_frame.diagnostics.get("reasons", [])[:3])
                 raise FitError(f"quality {q['quality']:.3f} is below --min-quality {cfg.min_quality:g} ({terms}"

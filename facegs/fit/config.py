@@ -79,6 +79,12 @@ class FitConfig:
     label_class_balance: float = field(default=0.5, metadata=opt(
         "class-balanced label loss: rare classes (eyes, brows) weigh (median frequency / frequency) ** this; 0 = off"))
     label_class_weight_max: float = 10.0
+    # a 'background' label where the view's own mask (or alpha) says foreground is the parser eating
+    # the silhouette (profile views) or a noisy pixel: the matte decides what is foreground, so that
+    # label weighs (1 - mask) (docs/benchmarks.md, label refinement: pose and pixel noise)
+    matte_over_background: bool = field(default=True, metadata=opt(
+        "let 'background' labels inside a view's foreground mask pull the class logits too (default: the mask "
+        "decides, they weigh 1 - mask)", flag="--no-matte-over-background"))
     # after the fit, thinly seen Gaussians take their well-seen neighbours' classes (facegs.fit.inpaint):
     # the prior weighs this many pixels x rho / (1 - rho), rho = the labels' disagreement with the fit.
     # Measured on the 8-view frontal arc at pixel noise 0.5: grid mIoU 34.6 -> 44.2, no change with

@@ -33,7 +33,9 @@ class ViewData:
 
     images [V, H, W, 3] float; labels [V, H, W] int64 (canonical set, 255 = ignore) or None;
     confidence [V, H, W] float or None; masks [V, H, W] float in [0, 1] or None; gt_labels like
-    labels or None; weights [V]; viewmats [V, 4, 4]; Ks [V, 3, 3] (already scaled to H x W).
+    labels or None; weights [V]; viewmats [V, 4, 4]; Ks [V, 3, 3] (already scaled to H x W);
+    has_mask [V] bool: which views brought a mask or an alpha channel (the others' ``masks`` are
+    all ones), None when every view did or none did.
     """
 
     view_ids: list[str]
@@ -47,6 +49,7 @@ class ViewData:
     Ks: Tensor
     width: int
     height: int
+    has_mask: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.view_ids)
@@ -99,6 +102,7 @@ def load_view_data(manifest: SubjectManifest, views: Sequence[str] | None = None
         return torch.from_numpy(np.stack(items)).to(device=device, dtype=dtype)
 
     ign = np.full((H, W), IGNORE_INDEX, np.uint8)
+    with_mask = [m is not None for m in cols["mask"]]
     return ViewData(
         view_ids=[v.view_id for v in vs],
         images=stack("img", torch.float32),
@@ -111,6 +115,7 @@ def load_view_data(manifest: SubjectManifest, views: Sequence[str] | None = None
         Ks=stack("K", torch.float32),
         width=W,
         height=H,
+        has_mask=torch.tensor(with_mask, device=device) if any(with_mask) and not all(with_mask) else None,
     )
 
 

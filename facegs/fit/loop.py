@@ -24,6 +24,8 @@ Loss per step (B views):
   (``label_mode`` "logits" or "probs", see :mod:`facegs.fit.losses`), weighted per pixel by
   - the parser's confidence map (``confidence_weighting``),
   - the view's manifest ``weight``,
+  - ``1 - mask`` for a 'background' label (``matte_over_background``, views with a mask or alpha):
+    the matte, not the parser, says where the head is (a parser eats the silhouette in profile),
   - the consensus inlier responsibility (``consensus_outliers``, after ``consensus_start``):
     EM with a per-view inlier prior ``pi_v``; E-step ``r = pi P_y / (pi P_y + (1 - pi) / K)`` from
     the detached rendered consensus ``P``; M-step ``pi_v <- EMA(mean r)``. A label that a
@@ -168,7 +170,8 @@ def next_views(fs: FitState, n_views: int, k: int) -> list[int]:
 
 def label_pixel_weights(data: ViewData, idx: Tensor, labels: Tensor, probs: Tensor, cfg: FitConfig,
                         fs: FitState) -> tuple[Tensor, Tensor | None]:
-    """Per-pixel label-loss weights [B, H, W] (confidence x view weight x consensus inlier
+    """Per-pixel label-loss weights [B, H, W] (confidence x view weight x class balance x
+    ``1 - mask`` for background labels (``matte_over_background``) x consensus inlier
     responsibility) and the responsibilities (None before the consensus warm-up)."""
     valid = labels != IGNORE_INDEX
     w = valid.float() * data.weights[idx].view(-1, 1, 1)
@@ -176,6 +179,11 @@ def label_pixel_weights(data: ViewData, idx: Tensor, labels: Tensor, probs: Tens
         w = w * data.confidence[idx]
     if fs.class_weights is not None:
         w = w * fs.class_weights[labels]
+    if cfg.matte_over_background and cfg.label_background and data.masks is not None:
+        m = data.masks[idx]
+        if data.has_mask is not None:
+            m = m * data.has_mask[idx].view(-1, 1, 1).to(m.dtype)
+        w = torch.where(labels == BACKGROUND_CLASS, w * (1.0 - m), w)
     r = None
     if cfg.consensus_outliers and fs.step >= cfg.consensus_start:
         pi = fs.inlier_prior[idx.cpu()].to(probs.device)

@@ -7,6 +7,7 @@ its source (``"labels+symmetry"``, ``"labels"``, ``"cameras+symmetry"``, ``"came
 - :mod:`.template`: landmark positions of the reference head. :mod:`.landmarks`: denoised landmarks from points.
 - :mod:`.estimate`: robust similarity fit with a left/right check. :mod:`.priors`: the rig prior.
 - :mod:`.visible`: labelled points of the surface the cameras see. :mod:`.symmetry`: the face's mirror plane.
+- :mod:`.inplane`: the rotation about a known x axis (pitch), scale and origin from landmarks.
 - :mod:`.place`: :func:`~.place.place_head_frame`, three estimates checked against each other, with a reliability.
 - :mod:`.calibrate`: template calibration, accuracy.
 """

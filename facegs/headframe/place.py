@@ -12,7 +12,8 @@ Three estimates, two of them independent of the labels:
 
 Fusion: x comes from the symmetry plane (sign: the subject's left by the labels' frame, else the
 rig's); the rotation about x, the origin and the scale come from the landmarks refitted with x
-fixed (a 2D similarity in the plane perpendicular to x, outliers dropped as in the free fit). The
+fixed (:mod:`facegs.headframe.inplane`: a 2D similarity in the plane perpendicular to x, outliers
+dropped as in the free fit). The
 frame is **reliable** when every check passes (:class:`PlacementConfig` holds the limits):
 
 - ``label_vs_symmetry_deg``: the labels' own x axis against the symmetry normal;
@@ -24,11 +25,12 @@ frame is **reliable** when every check passes (:class:`PlacementConfig` holds th
 - ``n_landmarks`` >= ``min_landmarks``.
 
 Each check gives a term in [0, 1] (1 inside its limit, falling linearly to 0 at twice the limit);
-``reliability`` is their minimum (``label_frame_reliability`` in the diagnostics), except that a
-failed ``label_vs_symmetry_deg`` alone caps it at ``label_disagreement_reliability`` (0.6) instead
-of failing the frame: the frame is the one with x from the plane (signed by the rig), whose own
-checks passed. Measured on the benchmark's fits: the labels' free frame 24-59 degrees off, the
-fused frame 0.6-3.1 (docs/benchmarks.md). A frame whose own checks give less than
+``reliability`` is the minimum over the fused frame's own checks (``label_frame_reliability`` in
+the diagnostics): ``label_vs_symmetry_deg`` is recorded (and listed in ``reasons``) but does not
+lower it, since the frame is the one with x from the plane (signed by the rig when the labels' x
+disagrees). Measured on the benchmark's fits: where that check failed, the labels' free frame was
+24-59 degrees off and the fused frame 0.6-3.2 (docs/benchmarks.md); a flat 0.6 for those frames
+ranked correct subjects below wrong ones. A frame whose own checks give less than
 ``min_reliability`` (0.9: every check within about 1.1x its limit) is replaced by the most reliable label-free estimate (``policy="fallback"``: x
 from the symmetry plane, the rotation about it and the origin from the rig; the rig alone without a
 plane) or the subject fails with the reasons (``policy="fail"``, :class:`facegs.core.errors.FitError`).
@@ -54,7 +56,7 @@ from facegs.core.labels import CANONICAL, get_label_set
 from facegs.core.options import opt
 from facegs.headframe.estimate import estimate_head_frame
 from facegs.headframe.frame import HeadFrame, HeadFrameConfig, HeadFrameError
-from facegs.headframe.landmarks import template_point
+from facegs.headframe.inplane import Estimate, fit_with_fixed_x
 from facegs.headframe.priors import head_frame_from_cameras
 from facegs.headframe.symmetry import SymmetryPlane, symmetry_plane
 from facegs.headframe.template import LR_LANDMARK_PAIRS, TEMPLATE
@@ -88,28 +90,10 @@ class PlacementConfig:
     # 0.9, not 0.5: a frame whose face width was 1.6x the template's (scale_log term 0.8) was
     # 13.2 degrees off; the fallback for it, 8.4 (docs/benchmarks.md, facescape s5024 parser labels)
     min_reliability: float = 0.9
-    # the labels' own (free) x axis against the plane fails, every check of the frame with x from the
-    # plane passes: that frame is used, at most this reliable (the labels' landmarks are off the
-    # mid-plane, e.g. noisy eyes or brows, but the midline ones fix the rotation about x)
-    label_disagreement_reliability: float = 0.6
     symmetry: bool = True
     max_side: int = 128  # capture views are rendered at most this large for the surface points
     alpha_min: float = 0.9
     max_points: int = 80_000
-
-
-@dataclass
-class Estimate:
-    """One candidate frame: ``R`` [3, 3] (columns x, y, z in world), ``origin`` [3], ``scale``."""
-
-    R: np.ndarray
-    origin: np.ndarray
-    scale: float | None = None
-
-    def matrix(self) -> np.ndarray:
-        M = np.eye(4)
-        M[:3, :3], M[:3, 3] = self.R, self.origin
-        return M
 
 
 def _angle(a: np.ndarray, b: np.ndarray) -> float:
@@ -120,77 +104,6 @@ def _angle(a: np.ndarray, b: np.ndarray) -> float:
 def _axis_angle(a: np.ndarray, b: np.ndarray) -> float:
     """Degrees between the lines along ``a`` and ``b`` (sign ignored: a plane's normal has none)."""
     return min(_angle(a, b), _angle(a, -b))
-
-
-def _plane_basis(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    helper = np.array([0.0, 1.0, 0.0]) if abs(n[1]) < 0.9 else np.array([0.0, 0.0, 1.0])
-    e1 = np.cross(helper, n)
-    e1 /= np.linalg.norm(e1)
-    return e1, np.cross(n, e1)  # (n, e1, e2) right-handed
-
-
-def fit_with_fixed_x(landmarks: Mapping[str, np.ndarray], n: np.ndarray, d: float,
-                     weights: Mapping[str, float], cfg: HeadFrameConfig) -> tuple[Estimate, dict[str, Any]]:
-    """Landmarks -> template with the head's x axis fixed to ``n`` and the origin on the plane
-    ``n . x = d``: a weighted 2D similarity (rotation about x, scale, in-plane translation) between
-    the template's (y, z) and the landmarks projected on the plane (a left/right pair as its midpoint,
-    named ``"l_eye+r_eye"``); the worst landmark is dropped while its 3D residual exceeds
-    ``outlier_factor`` x the median and ``outlier_min`` template metres, keeping at least 3.
-    Raises HeadFrameError with fewer than 2 landmarks."""
-    present = list(landmarks)
-    # a left/right pair projects to one point of the plane: fitted as its midpoint (one landmark,
-    # both weights), so a pair placed unevenly (one side too high, or the sides swapped) cannot tilt
-    # the rotation about x
-    names, obs_l, tmpl_l, w_l = [], [], [], []
-    paired = {k for pair in LR_LANDMARK_PAIRS if all(k2 in landmarks for k2 in pair) for k in pair}
-    for k in present:
-        if k in paired:
-            pair = next(p for p in LR_LANDMARK_PAIRS if k in p)
-            if k != pair[0]:
-                continue
-            t = np.array(template_point(pair[0], present), dtype=np.float64)
-            names.append(f"{pair[0]}+{pair[1]}")
-            obs_l.append(0.5 * (np.asarray(landmarks[pair[0]]) + np.asarray(landmarks[pair[1]])))
-            tmpl_l.append(np.array([0.0, t[1], t[2]]))
-            w_l.append(weights.get(pair[0], 1.0) + weights.get(pair[1], 1.0))
-        else:
-            names.append(k)
-            obs_l.append(np.asarray(landmarks[k]))
-            tmpl_l.append(np.array(template_point(k, present), dtype=np.float64))
-            w_l.append(weights.get(k, 1.0))
-    if len(names) < 2:
-        raise HeadFrameError(f"need at least 2 landmarks (a left/right pair counts once) for the in-plane fit, "
-                             f"got {present}")
-    e1, e2 = _plane_basis(n)
-    obs, tmpl, w_all = np.stack(obs_l), np.stack(tmpl_l), np.array(w_l)
-    a = np.stack([obs @ e1, obs @ e2], axis=1)
-    b = tmpl[:, 1:]
-    active = np.ones(len(names), dtype=bool)
-    dropped: list[str] = []
-    while True:
-        w = w_all[active] / w_all[active].sum()
-        ma, mb = w @ a[active], w @ b[active]
-        A, B = a[active] - ma, b[active] - mb
-        cov = (A * w[:, None]).T @ B  # [2, 2]
-        theta = np.arctan2(cov[1, 0] - cov[0, 1], cov[0, 0] + cov[1, 1])
-        c, s_ = np.cos(theta), np.sin(theta)
-        Rot = np.array([[c, -s_], [s_, c]])
-        var_b = float(w @ (B * B).sum(axis=1))
-        scale = float(np.trace(Rot.T @ cov) / max(var_b, 1e-18))
-        t2 = ma - scale * Rot @ mb
-        y = c * e1 + s_ * e2
-        R = np.stack([n, y, np.cross(n, y)], axis=1)
-        origin = d * n + t2[0] * e1 + t2[1] * e2
-        res = np.linalg.norm(obs - (origin + scale * tmpl @ R.T), axis=1)
-        med = float(np.median(res[active]))
-        worst = int(np.argmax(np.where(active, res, -1.0)))
-        if active.sum() <= 3 or res[worst] <= max(cfg.outlier_factor * med, cfg.outlier_min * scale):
-            break
-        active[worst] = False
-        dropped.append(names[worst])
-    rms = float(np.sqrt(np.average(res[active] ** 2, weights=w_all[active])))
-    return Estimate(R, origin, scale), {"used": [k for k, m in zip(names, active) if m], "dropped": dropped,
-                                        "rms_residual": rms, "scale": scale}
 
 
 def _term(value: float | None, limit: float) -> float:
@@ -251,10 +164,7 @@ def place_head_frame(params: dict[str, torch.Tensor], views: Sequence[CameraView
     diag["checks"] = checks
     terms = {k: v["term"] for k, v in checks.items()}
     own = [v for k, v in terms.items() if k != "label_vs_symmetry_deg"]  # the fused frame's own checks
-    own_reliability = min(own) if own else 0.0
-    reliability = own_reliability
-    if terms.get("label_vs_symmetry_deg", 1.0) < 1.0:
-        reliability = min(reliability, cfg.label_disagreement_reliability)
+    reliability = own_reliability = min(own) if own else 0.0
     failed = [f"{k} = {v['value']} (limit {v['limit']})" for k, v in checks.items() if v["term"] < 1.0]
     diag["label_frame_reliability"] = round(float(reliability), 4)
     if fused is not None and own_reliability >= cfg.min_reliability:
