@@ -100,9 +100,9 @@ def ignore_fraction(views: Sequence[RenderedView]) -> float | None:
 
 def combine(terms: Mapping[str, Any]) -> float:
     """The scalar ``quality`` (see the module docstring); a missing margin or reliability is 0."""
-    conf = terms.get("consensus_margin")
+    margin = terms.get("consensus_margin")
     rel = terms.get("head_frame_reliability")
     ign = terms.get("ignore_fraction") or 0.0
-    conf = 0.0 if conf is None else float(conf)
+    margin = 0.0 if margin is None else float(margin)
     rel = 0.0 if rel is None else float(rel)
-    return round(rel * conf * (1.0 - float(ign)), 4)
+    return round(rel * margin * (1.0 - float(ign)), 4)

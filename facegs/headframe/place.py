@@ -164,10 +164,10 @@ def place_head_frame(params: dict[str, torch.Tensor], views: Sequence[CameraView
     diag["checks"] = checks
     terms = {k: v["term"] for k, v in checks.items()}
     own = [v for k, v in terms.items() if k != "label_vs_symmetry_deg"]  # the fused frame's own checks
-    reliability = own_reliability = min(own) if own else 0.0
+    reliability = min(own) if own else 0.0
     failed = [f"{k} = {v['value']} (limit {v['limit']})" for k, v in checks.items() if v["term"] < 1.0]
     diag["label_frame_reliability"] = round(float(reliability), 4)
-    if fused is not None and own_reliability >= cfg.min_reliability:
+    if fused is not None and reliability >= cfg.min_reliability:
         source = "labels+symmetry" if plane is not None else "labels"
         frame = fused
     else:
