@@ -21,7 +21,10 @@ frame is **reliable** when every check passes (:class:`PlacementConfig` holds th
   front of the face; a frame 60 degrees off it looks from below or behind);
 - ``residual_rel``: rms landmark residual in template metres (world residual / scale);
 - ``symmetry_rel``: the symmetry plane's median mirror distance in template metres;
-- ``scale_ratio``: the face's width along x over the template's, in the fitted scale;
+- ``scale_log``: |log| of the face's width along x over the template's, in the fitted scale;
+- ``landmark_spread_log``: log of the landmark fit's scale over the head's width scale, when
+  positive (the template spread wider than the head is: ears that are the hair behind them;
+  the in-plane fit first drops landmarks to stay within it, :mod:`facegs.headframe.inplane`);
 - ``n_landmarks`` >= ``min_landmarks``.
 
 Each check gives a term in [0, 1] (1 inside its limit, falling linearly to 0 at twice the limit);
@@ -56,7 +59,7 @@ from facegs.core.labels import CANONICAL, get_label_set
 from facegs.core.options import opt
 from facegs.headframe.estimate import estimate_head_frame
 from facegs.headframe.frame import HeadFrame, HeadFrameConfig, HeadFrameError
-from facegs.headframe.inplane import Estimate, fit_with_fixed_x
+from facegs.headframe.inplane import Estimate, fit_with_fixed_x, width_scale
 from facegs.headframe.priors import head_frame_from_cameras
 from facegs.headframe.symmetry import SymmetryPlane, symmetry_plane
 from facegs.headframe.template import LR_LANDMARK_PAIRS, TEMPLATE
@@ -86,6 +89,10 @@ class PlacementConfig:
     max_residual_rel: float = 0.012  # template metres
     max_symmetry_rel: float = 0.006  # template metres
     max_scale_log: float = float(np.log(1.5))  # |log(face width / template face width)|
+    # log(landmark scale / the head's width scale): the template cannot be spread wider than the
+    # head is (1.2: correctly placed frames measured <= 1.05, hair-as-ears fits 1.34-1.63); the
+    # in-plane fit drops landmarks to stay within it (facegs.headframe.inplane.fit_with_fixed_x)
+    max_landmark_spread_log: float = float(np.log(1.2))
     min_landmarks: int = 3
     # 0.9, not 0.5: a frame whose face width was 1.6x the template's (scale_log term 0.8) was
     # 13.2 degrees off; the fallback for it, 8.4 (docs/benchmarks.md, facescape s5024 parser labels)
@@ -232,11 +239,14 @@ def _fuse(labels: HeadFrame | None, plane: SymmetryPlane | None, rig: HeadFrame 
     n = plane.normal if plane.normal @ ref >= 0 else -plane.normal
     lms = {k: np.asarray(v["position"]) for k, v in d["landmarks"].items() if k in d["used"]}
     try:
-        est, info = fit_with_fixed_x(lms, n, plane.offset * float(n @ plane.normal), hcfg.weights, hcfg)
+        wscale = width_scale(surface.points, n, TEMPLATE_FACE_WIDTH)
+        est, info = fit_with_fixed_x(lms, n, plane.offset * float(n @ plane.normal), hcfg.weights, hcfg,
+                                     max_scale=wscale * float(np.exp(cfg.max_landmark_spread_log)))
     except HeadFrameError as e:
         reasons.append(f"in-plane fit: {e}")
         return None, {}
     info["lr_evidence"] = _lr_sign(surface, n)
+    info["width_scale"] = wscale
     return est, info
 
 
@@ -264,6 +274,9 @@ def _checks(fused: Estimate | None, labels: HeadFrame | None, plane: SymmetryPla
         u = (surface.points - fused.origin) @ x
         width = float(np.percentile(u, 97.5) - np.percentile(u, 2.5)) / scale
         add("scale_log", abs(np.log(max(width, 1e-9) / TEMPLATE_FACE_WIDTH)), cfg.max_scale_log)
+        if fdiag.get("width_scale"):
+            add("landmark_spread_log", max(0.0, float(np.log(scale / fdiag["width_scale"]))),
+                cfg.max_landmark_spread_log)
     if rig is not None:
         add("rig_forward_deg", _angle(fused.R[:, 2], rig.world_from_head[:3, 2]), cfg.max_rig_forward_deg)
         add("rig_up_deg", _angle(fused.R[:, 1], rig.world_from_head[:3, 1]), cfg.max_rig_up_deg)
