@@ -289,8 +289,11 @@ def report(a: argparse.Namespace) -> str:
     rho = _spearman(q, true)
     term_rho = {k: _spearman([float(r["quality"][k]) for r in recs], true)
                 for k in ("consensus_confidence", "consensus_margin", "input_miou", "psnr", "head_frame_reliability",
-                          "ignore_fraction")
+                          "ignore_fraction", "face_parts")
                 if all(r["quality"].get(k) is not None for r in recs)}
+    # side by side: the score as it was before face_parts joined it
+    term_rho["quality_without_face_parts"] = _spearman([combine({**r["quality"], "face_parts": 1.0}) for r in recs],
+                                                       true)
     flagged_ok = [r for r in recs if r["head_frame"]["error_deg"] > 10]
     silent = [r for r in flagged_ok if (r["head_frame"]["reliability"] or 0) >= 0.5 and
               r["head_frame"]["source"].startswith("labels")]

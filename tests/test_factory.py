@@ -199,12 +199,13 @@ def test_done_marker_holds_quality_and_head_frame(small_ds):
     marker = json.loads((small_ds / "subjects" / "g0.json").read_text())
     q = marker["quality"]
     assert {"quality", "input_miou", "input_iou", "consensus_confidence", "consensus_margin",
-            "head_frame_reliability", "ignore_fraction", "psnr"} <= set(q)
-    assert 0.0 <= q["consensus_margin"] <= 1.0
+            "head_frame_reliability", "ignore_fraction", "psnr", "face_parts"} <= set(q)
+    assert 0.0 <= q["consensus_margin"] <= 1.0 and 0.0 <= q["face_parts"] <= 1.0
     assert 0.0 <= q["quality"] <= 1.0 and q["input_iou"]["skin"] > 0.5
     hf = marker["head_frame"]
     assert hf["source"] in ("labels+symmetry", "labels", "cameras+symmetry", "cameras")
     assert 0.0 <= hf["reliability"] <= 1.0 and isinstance(hf["checks"], dict)
+    assert isinstance(hf["landmarks_found"], list)
     assert np.asarray(hf["world_from_head"]).shape == (4, 4)
     assert marker["fit_metrics"]["quality"] == q["quality"]
 
@@ -213,8 +214,11 @@ def test_quality_score_combines_its_terms():
     from facegs.factory.quality import combine
 
     good = {"input_miou": 0.8, "consensus_confidence": 0.9, "consensus_margin": 0.9, "psnr": 32.0,
-            "head_frame_reliability": 1.0, "ignore_fraction": 0.02}
+            "head_frame_reliability": 1.0, "ignore_fraction": 0.02, "face_parts": 1.0}
     assert combine(good) == pytest.approx(1.0 * 0.9 * 0.98, abs=1e-4)
+    # a part the labels missed in every view (the consensus agrees with them) lowers the score
+    assert combine({**good, "face_parts": 4 / 6}) == pytest.approx(4 / 6 * combine(good), abs=1e-4)
+    assert combine({**good, "face_parts": None}) == 0.0
     assert combine({**good, "head_frame_reliability": 0.0}) == 0.0  # an unreliable frame sinks the subject
     assert combine({**good, "head_frame_reliability": 0.5}) == pytest.approx(0.5 * combine(good), abs=1e-4)
     assert combine({**good, "ignore_fraction": 0.5}) < combine(good)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from facegs.core.manifest import SubjectManifest, View
-from facegs.factory.quality import input_agreement
+from facegs.factory.quality import face_parts, input_agreement
 from facegs.headframe.visible import ViewRender
 from facegs.label.views import ViewLabels
 
@@ -39,3 +39,14 @@ def test_margin_ignores_uniform_label_noise_and_sees_ties():
     assert noisy["consensus_confidence"] < 0.6 and noisy["consensus_margin"] > 0.9
     assert tied["consensus_margin"] < 0.01
     assert clean["input_iou"]["skin"] == 1.0 and clean["input_iou"]["hair"] == 1.0
+
+
+def test_face_parts_counts_the_parts_every_face_shows():
+    """Eyes count when glasses hide them; ears never count (hair hides them); a part no landmark
+    was found for lowers the share by 1/6; nothing measured is None (the score then takes 0)."""
+    every = ["l_eye", "r_eye", "l_brow", "r_brow", "nose", "mouth"]
+    assert face_parts(every) == 1.0
+    assert face_parts(["eye_g", "l_brow", "r_brow", "nose", "mouth"]) == 1.0
+    assert face_parts(["l_ear", "r_ear", "nose", "mouth"]) == round(2 / 6, 4)
+    assert face_parts(["l_eye", "l_brow", "nose", "mouth"]) == round(4 / 6, 4)
+    assert face_parts([]) == 0.0 and face_parts(None) is None

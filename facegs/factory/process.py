@@ -134,7 +134,7 @@ def process_subject(
             metrics = refined.metrics
             q = refined.quality
             if q["quality"] < cfg.min_quality:
-                terms = ", ".join(f"{k} {q[k]}" for k in ("input_miou", "consensus_margin",
+                terms = ", ".join(f"{k} {q[k]}" for k in ("input_miou", "consensus_margin", "face_parts",
                                                            "head_frame_reliability", "ignore_fraction", "psnr"))
                 reasons = "; ".join(refined.head_frame.diagnostics.get("reasons", [])[:3])
                 raise FitError(f"quality {q['quality']:.3f} is below --min-quality {cfg.min_quality:g} ({terms}"
@@ -152,7 +152,7 @@ def process_subject(
             "subject_id": sid, "url": url, "config_hash": chash, "fit_metrics": metrics, "quality": q,
             "head_frame": {"source": refined.head_frame_source, "world_from_head": refined.head_frame.world_from_head,
                            "reliability": hd.get("reliability"), "checks": hd.get("checks"),
-                           "reasons": hd.get("reasons")},
+                           "reasons": hd.get("reasons"), "landmarks_found": hd.get("landmarks_found")},
             "facegs_version": facegs.__version__}, records)
         shards = [{k: s[k] for k in ("shard", "sha256", "num_samples")} for s in marker["shards"]]
         if clear_failure:

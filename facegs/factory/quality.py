@@ -15,18 +15,24 @@ silently), from what the factory has anyway:
 - ``head_frame_reliability``: :func:`facegs.headframe.place.place_head_frame`'s reliability;
 - ``ignore_fraction``: the fraction of the rendered foreground that the clean-up ignores, over
   ``probe_views`` of the subject's novel views;
-- ``psnr``: the fit's PSNR at the capture views (when the fit evaluated itself).
+- ``psnr``: the fit's PSNR at the capture views (when the fit evaluated itself);
+- ``face_parts``: the share of the six parts every face shows, found as landmarks on the visible
+  labelled surface by the head-frame placement (``landmarks_found``): left eye, right eye (either
+  one: glasses, which hide them), left brow, right brow, nose, mouth (:func:`face_parts`). Ears are
+  not among them (hair hides them on many subjects). A part missing from the 3D consensus is a
+  part the labels missed in every view, the one error the consensus cannot remove or see.
 
-``quality`` = ``head_frame_reliability`` x ``consensus_margin`` x (1 - ``ignore_fraction``), in
-[0, 1]. The agreement with the input labels, the mean top probability and the PSNR are reported
+``quality`` = ``head_frame_reliability`` x ``consensus_margin`` x (1 - ``ignore_fraction``) x
+``face_parts``, in [0, 1]. The agreement with the input labels, the mean top probability and the PSNR are reported
 beside it but not part of it: on the label-refinement benchmark's fits (docs/benchmarks.md) the
 input agreement measures the *input's* noise (a fit that removes 50% pixel noise disagrees with
 half its input), the mean top probability falls with uniform noise the consensus removed, and the
-RGB PSNR ranks label accuracy inversely. Spearman against the true mIoU of the renders: 0.58 on
-the 45 main fits, 0.46 on 24 held-out ones (with ``consensus_confidence`` in its place 0.55 and
-0.43). No term measured there sees labels that are wrong the same way in every view (a weak
-parser's): the consensus agrees with them. The factory fails subjects below
-``--min-quality`` (recorded as failures with the reason).
+RGB PSNR ranks label accuracy inversely. Spearman against the true mIoU of the renders (the
+numbers, with and without ``face_parts``, in docs/benchmarks.md): the margin alone does not see
+labels that are wrong the same way in every view (a weak parser's: the consensus agrees with
+them); the missing parts do. A subject whose face is really covered (a mask over the mouth,
+bangs over both brows) loses 1/6 per part. The factory fails subjects below ``--min-quality``
+(recorded as failures with the reason).
 """
 
 from __future__ import annotations
@@ -98,11 +104,27 @@ def ignore_fraction(views: Sequence[RenderedView]) -> float | None:
     return round(ign / fg, 4) if fg else None
 
 
+# parts every face shows, each a group of landmark names any one of which counts (glasses hide the eyes)
+FACE_PARTS: tuple[tuple[str, ...], ...] = (("l_eye", "eye_g"), ("r_eye", "eye_g"), ("l_brow",), ("r_brow",),
+                                           ("nose",), ("mouth",))
+
+
+def face_parts(found: Sequence[str] | None) -> float | None:
+    """Share of :data:`FACE_PARTS` among the landmark names ``found`` (None: not measured)."""
+    if found is None:
+        return None
+    have = set(found)
+    return round(sum(bool(have.intersection(g)) for g in FACE_PARTS) / len(FACE_PARTS), 4)
+
+
 def combine(terms: Mapping[str, Any]) -> float:
-    """The scalar ``quality`` (see the module docstring); a missing margin or reliability is 0."""
+    """The scalar ``quality`` (see the module docstring); a missing margin, reliability or
+    face_parts is 0."""
     margin = terms.get("consensus_margin")
     rel = terms.get("head_frame_reliability")
+    parts = terms.get("face_parts")
     ign = terms.get("ignore_fraction") or 0.0
     margin = 0.0 if margin is None else float(margin)
     rel = 0.0 if rel is None else float(rel)
-    return round(rel * margin * (1.0 - float(ign)), 4)
+    parts = 0.0 if parts is None else float(parts)
+    return round(rel * margin * (1.0 - float(ign)) * parts, 4)

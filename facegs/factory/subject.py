@@ -49,7 +49,7 @@ from facegs.core.labels import CANONICAL
 from facegs.core.manifest import SubjectManifest, View, save_manifest
 from facegs.core.options import opt
 from facegs.core.storage import atomic_directory
-from facegs.factory.quality import PROBE_VIEWS, combine, ignore_fraction, input_agreement
+from facegs.factory.quality import PROBE_VIEWS, combine, face_parts, ignore_fraction, input_agreement
 from facegs.fit.config import FitConfig
 from facegs.fit.loop import FitResult, fit_subject
 from facegs.headframe.frame import HeadFrame
@@ -165,6 +165,7 @@ def place(m: SubjectManifest, cfg: RefineConfig, fit: FitResult, *, labels: Mapp
     psnr = (fit.summary.get("eval") or {}).get("psnr")
     r.quality = {**input_agreement(m, renders, labels), "ignore_fraction": ignore_fraction(r.probe),
                  "head_frame_reliability": hf.diagnostics.get("reliability"),
+                 "face_parts": face_parts(hf.diagnostics.get("landmarks_found")),
                  "psnr": None if psnr is None else round(float(psnr), 4),
                  "lr_side_swapped_fraction": None if side_stats is None else side_stats["swapped_fraction"]}
     r.quality["quality"] = combine(r.quality)

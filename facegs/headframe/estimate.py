@@ -172,7 +172,7 @@ def estimate_head_frame(
         P, probs, w = P[sel], probs[sel], w[sel]
     lms = find_landmarks(P, probs, smooth_probs_knn(P, probs, w, cfg.knn), w, cfg)
     if len(lms) < 3:
-        raise HeadFrameError(f"need at least 3 face landmarks, found {sorted(lms)}")
+        raise HeadFrameError(f"need at least 3 face landmarks, found {sorted(lms)}", found=tuple(sorted(lms)))
     names = list(lms)
     obs = np.stack([lms[n]["position"] for n in names])
     fit_std, fit_swp = _fit(names, obs, cfg, False), _fit(names, obs, cfg, True)

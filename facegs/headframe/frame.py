@@ -12,7 +12,12 @@ from facegs.headframe.template import LANDMARK_WEIGHTS
 
 
 class HeadFrameError(ValueError):
-    """Too few landmarks (or degenerate ones) to fix a head frame."""
+    """Too few landmarks (or degenerate ones) to fix a head frame. ``found``: the landmark names
+    that were found (recorded by the placement even when no frame could be fitted to them)."""
+
+    def __init__(self, message: str, found: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.found = tuple(found)
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,8 @@ def place_head_frame(params: dict[str, torch.Tensor], views: Sequence[CameraView
     """The subject's head frame and its source (see the module docstring). ``views``: the capture
     cameras ``(K, world-to-camera, width, height)``; ``renders``: those views already rendered
     (:func:`facegs.headframe.visible.render_capture_views`), else they are rendered here.
-    Diagnostics hold every estimate, the checks, ``reliability`` and ``reasons``. Raises
+    Diagnostics hold every estimate, the checks, ``reliability``, ``reasons`` and
+    ``landmarks_found`` (the landmark names found on the visible labelled surface). Raises
     :class:`FitError` when no frame can be placed, or with ``policy="fail"`` when the checks fail."""
     cfg = cfg or PlacementConfig()
     if cfg.policy not in POLICIES:
@@ -157,13 +158,17 @@ def place_head_frame(params: dict[str, torch.Tensor], views: Sequence[CameraView
     except HeadFrameError as e:
         reasons.append(f"no rig prior: {e}")
     hcfg = HeadFrameConfig()
+    found: list[str] = []  # the landmarks found on the visible labelled surface (quality: face_parts)
     if len(surface) >= 50:
         try:
             labels = estimate_head_frame(surface.points, surface.probs, weights=surface.confidence, cfg=hcfg)
+            found = sorted(labels.diagnostics["landmarks"])
         except HeadFrameError as e:
             reasons.append(f"labels: {e}")
+            found = sorted(e.found)
     else:
         reasons.append(f"only {len(surface)} opaque surface points in the capture views")
+    diag["landmarks_found"] = found
     plane = _plane(surface, labels, rig, cfg, reasons)
     fused, fdiag = _fuse(labels, plane, rig, surface, hcfg, cfg, reasons)
     diag.update(fdiag)
