@@ -187,6 +187,7 @@ def run_fit(rig: str, seed: int, arm: str, a: argparse.Namespace, parser) -> dic
            "fit_eval": r.fit.summary.get("eval"), "n_gaussians": r.fit.summary.get("n_gaussians"),
            "head_frame": {"error_deg": err, "source": r.head_frame_source, "reliability": hd.get("reliability"),
                           "checks": hd.get("checks"), "reasons": hd.get("reasons"),
+                          "landmarks_found": hd.get("landmarks_found"),
                           "labels_only_error_deg": (rotation_angle_deg(np.array(hd["labels_frame"])[:3, :3], T[:3, :3])
                                                     if "labels_frame" in hd else None),
                           "previous_estimator_error_deg": None if old is None else rotation_angle_deg(old[:3, :3],
