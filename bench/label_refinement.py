@@ -121,6 +121,22 @@ class Scores:
                 "pose_state": self.binned.state_dict()}
 
 
+def high_yaw_truth_classes(rec: dict) -> tuple[float, dict[str, int]]:
+    """The user renders at |yaw| >= 60 (ignore counted as wrong) from the fit's pose-binned state:
+    the mIoU over the classes present in the truth there only, and the pixels of each class that
+    is predicted but absent from the truth (the headline mIoU counts such a class at IoU 0)."""
+    ev = PoseBinnedEvaluator.from_state_dict(rec["user"]["pose_state"])
+    cm = ConfusionMatrix(LS.num_classes)
+    for lo, b in zip(ev.yaw_bins[:-1], ev.yaw):
+        if lo >= 60:
+            cm.merge(b.cm)
+    gt = cm.matrix.sum(1) + cm.invalid_pred
+    pred = cm.matrix.sum(0)
+    iou = cm.iou_per_class()
+    spurious = {LS.classes[k]: int(pred[k]) for k in range(LS.num_classes) if gt[k] == 0 and pred[k] > 0}
+    return float(np.mean(iou[gt > 0])), spurious
+
+
 def score(views, cams, T: np.ndarray, gts: list[dict]) -> dict:
     """Scores of rendered views against the truth at the same cameras, binned by the true pose."""
     s = Scores()
@@ -268,6 +284,33 @@ def report(a: argparse.Namespace) -> str:
                          f"{pct(hi_excl)} | {pct(t['ignore'])} | {pct(t['lr_wrong'])} | "
                          f"{t['head_frame_mean']:.1f} ({t['head_frame_max']:.1f}) | "
                          f"{'-' if not old else f'{np.mean(old):.1f} ({np.max(old):.1f})'} | {t['quality']:.3f} |")
+    # how much of each arm's 60-90 gap is classes predicted where the truth has none
+    lines += ["", "User renders at |yaw| >= 60 over the classes present in the truth there (a class predicted but "
+              "absent from the truth is IoU 0 in the headline mIoU, whatever its size), and those classes' pixels "
+              "(summed over the arm's fits):", "",
+              "| rig | arm | user 60-90 | truth classes only | vs clean | vs clean, truth classes only | "
+              "predicted, absent from the truth (px) |", "|---|---|---:|---:|---:|---:|---|"]
+    for rig in RIGS:
+        clean = by.get((rig, "clean"))
+        base = base_t = None
+        for arm in ARMS:
+            rs = by.get((rig, arm))
+            if not rs:
+                continue
+            hi = float(np.mean([r["user"]["miou_60_90"] for r in rs]))
+            ht = [high_yaw_truth_classes(r) for r in rs]
+            hi_t = float(np.mean([h[0] for h in ht]))
+            spur: dict[str, int] = {}
+            for _, sp in ht:
+                for k, v in sp.items():
+                    spur[k] = spur.get(k, 0) + v
+            if arm == "clean":
+                base, base_t = hi, hi_t
+            table[f"{rig}/{arm}"]["user_60_90_truth_classes"] = hi_t
+            table[f"{rig}/{arm}"]["spurious_60_90_px"] = spur
+            rel = (f"{hi / base:.2f} | {hi_t / base_t:.2f}" if clean and base and base_t else "- | -")
+            lines.append(f"| {rig} | {arm} | {pct(hi)} | {pct(hi_t)} | {rel} | "
+                         f"{', '.join(f'{k} {v}' for k, v in sorted(spur.items(), key=lambda kv: -kv[1])) or '-'} |")
     # per-class IoU with clean labels, classes with >= 500 truth pixels over a subject's renders
     lines += ["", "Per-class IoU of the user renders with clean labels (classes with >= 500 truth pixels over the "
               "subject's renders; mean over subjects):", ""]

@@ -199,7 +199,8 @@ def test_done_marker_holds_quality_and_head_frame(small_ds):
     marker = json.loads((small_ds / "subjects" / "g0.json").read_text())
     q = marker["quality"]
     assert {"quality", "input_miou", "input_iou", "consensus_confidence", "consensus_margin",
-            "head_frame_reliability", "ignore_fraction", "psnr", "face_parts"} <= set(q)
+            "head_frame_reliability", "ignore_fraction", "psnr", "face_parts", "unsupported_relabelled_fraction"} <= set(q)
+    assert 0.0 <= q["unsupported_relabelled_fraction"] < 0.2
     assert 0.0 <= q["consensus_margin"] <= 1.0 and 0.0 <= q["face_parts"] <= 1.0
     assert 0.0 <= q["quality"] <= 1.0 and q["input_iou"]["skin"] > 0.5
     hf = marker["head_frame"]
@@ -208,6 +209,23 @@ def test_done_marker_holds_quality_and_head_frame(small_ds):
     assert isinstance(hf["landmarks_found"], list)
     assert np.asarray(hf["world_from_head"]).shape == (4, 4)
     assert marker["fit_metrics"]["quality"] == q["quality"]
+
+
+def test_the_support_rule_is_on_by_default_and_reaches_every_entry_point():
+    """--no-relabel-unsupported (facegs.fit.support) turns the rule off in the factory and in
+    `facegs refine`; it is part of the factory config (and so of its hash)."""
+    import argparse
+
+    from facegs.cli.refine import config_from_args, register
+    from facegs.factory.config import FactoryConfig, config_hash
+
+    assert FactoryConfig().refine(0).support.enabled
+    off = FactoryConfig(relabel_unsupported=False)
+    assert not off.refine(0).support.enabled and config_hash(off) != config_hash(FactoryConfig())
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers())
+    assert config_from_args(p.parse_args(["refine", "s", "--out", "o"])).support.enabled
+    assert not config_from_args(p.parse_args(["refine", "s", "--out", "o", "--no-relabel-unsupported"])).support.enabled
 
 
 def test_quality_score_combines_its_terms():

@@ -15,6 +15,7 @@ import torch
 from facegs.core.options import add_options, from_namespace
 from facegs.factory.subject import RefineConfig, refine_subject
 from facegs.fit.config import PRESETS, FitConfig, fit_config
+from facegs.fit.support import SupportConfig
 from facegs.headframe.place import PlacementConfig
 from facegs.render.views import NovelViewConfig
 from facegs.splat.rasterize import BACKENDS
@@ -45,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_options(g, NovelViewConfig, prefix="views.")
     add_options(g, RefineConfig, fields=("cleanup", "seed"), prefix="refine.")
     add_options(g, PlacementConfig, fields=("policy",), prefix="head_frame.")
+    add_options(g, SupportConfig, fields=("enabled",), prefix="support.")
     r = p.add_argument_group("run")
     r.add_argument("--backend", default="auto", choices=list(BACKENDS), help="rasterizer")
     r.add_argument("--device", default="auto", help="torch device (default: cuda when available, else cpu)")
@@ -58,7 +60,8 @@ def config_from_args(a: argparse.Namespace) -> RefineConfig:
     fit = fit_config(a.preset, **{**from_namespace(FitConfig, a, prefix="fit.", build=False), "seed": ref["seed"]})
     views = from_namespace(NovelViewConfig, a, prefix="views.")
     return RefineConfig(**dataclasses.asdict(views), fit=fit, **ref,
-                        head_frame=from_namespace(PlacementConfig, a, prefix="head_frame."))
+                        head_frame=from_namespace(PlacementConfig, a, prefix="head_frame."),
+                        support=from_namespace(SupportConfig, a, prefix="support."))
 
 
 def run(a: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from facegs.core.labels import CANONICAL, get_label_set
 from facegs.core.options import opt
 from facegs.factory.subject import RefineConfig
 from facegs.fit.config import PRESETS, FitConfig, fit_config
+from facegs.fit.support import SupportConfig
 from facegs.headframe.place import PlacementConfig
 from facegs.label.noise import parse_noise_spec
 from facegs.render.views import NovelViewConfig
@@ -56,6 +57,7 @@ class FactoryConfig(NovelViewConfig):
         "subjects whose ground-truth-free quality score (facegs.factory.quality, in [0, 1]) is below this fail "
         "with the reason instead of being shipped (0 = keep every subject; the score is in every done marker)"))
     head_frame_policy: str = field(default="fallback", metadata=PlacementConfig.__dataclass_fields__["policy"].metadata)
+    relabel_unsupported: bool = field(default=True, metadata=SupportConfig.__dataclass_fields__["enabled"].metadata)
     allow_external_paths: bool = field(default=False, metadata=opt(
         "read manifest paths outside a subject's directory (absolute, '..', links out); by default such a subject "
         "fails. Not part of the config hash: it decides which subjects may be read, not their samples"))
@@ -88,7 +90,8 @@ class FactoryConfig(NovelViewConfig):
     def refine(self, subject_seed: int) -> RefineConfig:
         views = {f.name: getattr(self, f.name) for f in fields(NovelViewConfig)}
         return RefineConfig(**views, fit=self.fit(subject_seed), seed=subject_seed % (2**31),
-                            head_frame=PlacementConfig(policy=self.head_frame_policy))
+                            head_frame=PlacementConfig(policy=self.head_frame_policy),
+                            support=SupportConfig(enabled=self.relabel_unsupported))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

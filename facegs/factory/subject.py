@@ -51,7 +51,9 @@ from facegs.core.options import opt
 from facegs.core.storage import atomic_directory
 from facegs.factory.quality import PROBE_VIEWS, combine, face_parts, ignore_fraction, input_agreement
 from facegs.fit.config import FitConfig
+from facegs.fit.data import load_view_data
 from facegs.fit.loop import FitResult, fit_subject
+from facegs.fit.support import SupportConfig, label_votes, relabel_unsupported
 from facegs.headframe.frame import HeadFrame
 from facegs.headframe.place import PlacementConfig, capture_views, place_head_frame
 from facegs.headframe.sides import SIDED_SOURCES, SideConfig, enforce_sides
@@ -76,6 +78,7 @@ class RefineConfig(NovelViewConfig):
     seed: int = field(default=0, metadata=opt("seed of the fit and of the pose sampling"))
     head_frame: PlacementConfig = field(default_factory=PlacementConfig)
     sides: SideConfig = field(default_factory=SideConfig)
+    support: SupportConfig = field(default_factory=SupportConfig)
 
 
 def fit_metrics(summary: Mapping[str, Any]) -> dict[str, float | str | None]:
@@ -145,10 +148,16 @@ def refine(m: SubjectManifest, cfg: RefineConfig, *, labels: Mapping[str, ViewLa
 
 def place(m: SubjectManifest, cfg: RefineConfig, fit: FitResult, *, labels: Mapping[str, ViewLabels] | None = None,
           device: str | torch.device = "cpu", backend: str = "auto", poses: np.ndarray | None = None) -> RefinedSubject:
-    """Everything of :func:`refine` after the fit: the head frame of the fitted scene, the left/right
-    side rule, the novel cameras, the probe renders and the quality (``labels``: the initial labels
-    the fit used, for the input agreement)."""
+    """Everything of :func:`refine` after the fit: the label-support rule (:mod:`facegs.fit.support`),
+    the head frame of the fitted scene, the left/right side rule, the novel cameras, the probe
+    renders and the quality (``labels``: the initial labels the fit used, for the support and the
+    input agreement; None: the manifest's label files)."""
     params = {k: v.to(device) for k, v in fit.params.items()}
+    support_stats = None
+    if cfg.support.enabled:
+        votes = label_votes(params, _support_views(m, cfg.support, labels, device), backend,
+                            cfg.fit.matte_over_background and cfg.fit.label_background)
+        params, support_stats = relabel_unsupported(params, votes, cfg.support)
     views = capture_views(m)
     renders = render_capture_views(params, views, max_side=cfg.head_frame.max_side, backend=backend)
     hf, source = place_head_frame(params, views, cfg.head_frame, subject=m.subject_id, backend=backend,
@@ -167,9 +176,22 @@ def place(m: SubjectManifest, cfg: RefineConfig, fit: FitResult, *, labels: Mapp
                  "head_frame_reliability": hf.diagnostics.get("reliability"),
                  "face_parts": face_parts(hf.diagnostics.get("landmarks_found")),
                  "psnr": None if psnr is None else round(float(psnr), 4),
-                 "lr_side_swapped_fraction": None if side_stats is None else side_stats["swapped_fraction"]}
+                 "lr_side_swapped_fraction": None if side_stats is None else side_stats["swapped_fraction"],
+                 "unsupported_relabelled_fraction": None if support_stats is None
+                 else support_stats["relabelled_fraction"]}
     r.quality["quality"] = combine(r.quality)
+    if support_stats is not None:
+        hf.diagnostics["support"] = support_stats
     return r
+
+
+def _support_views(m: SubjectManifest, cfg: SupportConfig, labels: Mapping[str, ViewLabels] | None,
+                   device: str | torch.device):
+    """The capture views with their initial labels for :func:`label_votes`, scaled so that the
+    first view's longer side is at most ``cfg.max_side``."""
+    v0 = m.views[0]
+    return load_view_data(m, downscale=max(1.0, max(v0.width, v0.height) / cfg.max_side), device=device,
+                          labels=labels)
 
 
 def refine_subject(subject_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: RefineConfig | None = None,

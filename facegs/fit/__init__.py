@@ -8,4 +8,7 @@ with the final evaluation (PSNR, agreement with the input labels and, when known
 - :mod:`.init`: initial Gaussians (SfM points, visual hull, uniform). :mod:`.losses`: RGB and label losses.
 - :mod:`.densify`: gsplat's DefaultStrategy, capped. :mod:`.loop`: :func:`~.loop.fit_step`, :func:`~.loop.fit_subject`.
 - :mod:`.evaluate`: one render of every view against the inputs and ground truth.
+- :mod:`.support`: the input labels lifted onto the Gaussians (label votes), and the rule that gives a
+  Gaussian the class its views back when they do not back its own (applied after the fit by
+  :func:`facegs.factory.subject.place`).
 """
