@@ -291,8 +291,7 @@ def report(a: argparse.Namespace) -> str:
               "| rig | arm | user 60-90 | truth classes only | vs clean | vs clean, truth classes only | "
               "predicted, absent from the truth (px) |", "|---|---|---:|---:|---:|---:|---|"]
     for rig in RIGS:
-        clean = by.get((rig, "clean"))
-        base = base_t = None
+        base = base_t = None  # the clean arm's (first in ARMS)
         for arm in ARMS:
             rs = by.get((rig, arm))
             if not rs:
@@ -308,7 +307,7 @@ def report(a: argparse.Namespace) -> str:
                 base, base_t = hi, hi_t
             table[f"{rig}/{arm}"]["user_60_90_truth_classes"] = hi_t
             table[f"{rig}/{arm}"]["spurious_60_90_px"] = spur
-            rel = (f"{hi / base:.2f} | {hi_t / base_t:.2f}" if clean and base and base_t else "- | -")
+            rel = f"{hi / base:.2f} | {hi_t / base_t:.2f}" if base and base_t else "- | -"
             lines.append(f"| {rig} | {arm} | {pct(hi)} | {pct(hi_t)} | {rel} | "
                          f"{', '.join(f'{k} {v}' for k, v in sorted(spur.items(), key=lambda kv: -kv[1])) or '-'} |")
     # per-class IoU with clean labels, classes with >= 500 truth pixels over a subject's renders

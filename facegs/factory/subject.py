@@ -51,7 +51,7 @@ from facegs.core.options import opt
 from facegs.core.storage import atomic_directory
 from facegs.factory.quality import PROBE_VIEWS, combine, face_parts, ignore_fraction, input_agreement
 from facegs.fit.config import FitConfig
-from facegs.fit.data import load_view_data
+from facegs.fit.data import ViewData, load_view_data
 from facegs.fit.loop import FitResult, fit_subject
 from facegs.fit.support import SupportConfig, label_votes, relabel_unsupported
 from facegs.headframe.frame import HeadFrame
@@ -155,7 +155,7 @@ def place(m: SubjectManifest, cfg: RefineConfig, fit: FitResult, *, labels: Mapp
     params = {k: v.to(device) for k, v in fit.params.items()}
     support_stats = None
     if cfg.support.enabled:
-        votes = label_votes(params, _support_views(m, cfg.support, labels, device), backend,
+        votes = label_votes(params, support_views(m, cfg.support, labels, device), backend,
                             cfg.fit.matte_over_background and cfg.fit.label_background)
         params, support_stats = relabel_unsupported(params, votes, cfg.support)
     views = capture_views(m)
@@ -185,8 +185,8 @@ def place(m: SubjectManifest, cfg: RefineConfig, fit: FitResult, *, labels: Mapp
     return r
 
 
-def _support_views(m: SubjectManifest, cfg: SupportConfig, labels: Mapping[str, ViewLabels] | None,
-                   device: str | torch.device):
+def support_views(m: SubjectManifest, cfg: SupportConfig, labels: Mapping[str, ViewLabels] | None,
+                   device: str | torch.device) -> ViewData:
     """The capture views with their initial labels for :func:`label_votes`, scaled so that the
     first view's longer side is at most ``cfg.max_side``."""
     v0 = m.views[0]
