@@ -38,7 +38,10 @@ ARMS = {"clean": "noise:pixel:0.0", "pixel_0.5": "noise:pixel:0.5", "lr_swap_0.4
 
 
 def analyse(root: Path, name: str) -> dict:
-    rig, seed, arm = name.split("_", 2)
+    parts = name.split("_", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        raise SystemExit(f"{name}: expected RIG_SEED_ARM, e.g. frontal8_5010_pose_1")
+    rig, seed, arm = parts
     if arm not in ARMS:
         raise SystemExit(f"{name}: arm '{arm}' is not one of {sorted(ARMS)} (the parser arm needs the parser)")
     m = load_manifest(root / "subjects" / rig / f"s{seed}")
