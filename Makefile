@@ -4,6 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
+# test worker processes (pytest-xdist): with 2, a 2-core machine keeps both cores busy while one
+# test waits on Ray or a subprocess (README: 1.25x); 0 runs the suite in this process
+TEST_WORKERS ?= 2
 
 .PHONY: venv lint test test-fast demo bench clean
 
@@ -21,10 +24,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check facegs ray_jobs bench tests
 
 test: lint
-	$(BIN)/python -m pytest tests -v --durations=25
+	$(BIN)/python -m pytest tests -v --durations=25 -n $(TEST_WORKERS)
 
 test-fast: lint
-	$(BIN)/python -m pytest tests -m "not slow" -q
+	$(BIN)/python -m pytest tests -m "not slow" -q -n $(TEST_WORKERS)
 
 demo: $(STAMP)
 	$(BIN)/python -m ray_jobs.demo --out $(DEMO_OUT)

@@ -29,6 +29,7 @@ left/right side rule, renders, scores);
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -162,6 +163,8 @@ def run_fit(rig: str, seed: int, arm: str, a: argparse.Namespace, parser) -> dic
     spec = ARMS[arm]
     fc = FactoryConfig(labels="noise:pixel:0.0" if spec == "parser" else spec, n_renders=a.renders)
     cfg = fc.refine(seed)
+    if a.keep_isolated_label_pixels:  # the ablation of SupportConfig.drop_isolated (side by side with --rescore)
+        cfg = dataclasses.replace(cfg, support=dataclasses.replace(cfg.support, drop_isolated=False))
     t0 = time.perf_counter()
     labels = initial_labels(m, "parser:x" if spec == "parser" else fc.labels, parser=parser, flip_tta=True, seed=seed)
     # the fitted scene is kept (scenes/NAME.pt): --rescore reruns everything after the fit on it
@@ -415,11 +418,13 @@ def main() -> int:
     p.add_argument("--res", type=int, default=128)
     p.add_argument("--renders", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--parser", default="bench/out/base_parser_2400/base.pt",
-                   help="base parser for the parser arm (bench/base_parser.py --out bench/out/base_parser_2400)")
+    p.add_argument("--parser", default="models/base_parser/base.pt",
+                   help="base parser for the parser arm (the shipped one; bench/base_parser.py trains it)")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--rescore", action="store_true",
                    help="redo everything after the fit (head frame, side rule, renders, scores) on the kept scenes")
+    p.add_argument("--keep-isolated-label-pixels", action="store_true",
+                   help="ablation: isolated label pixels vote in the label-support rule (facegs.fit.support)")
     a = p.parse_args()
     OUT = Path(a.out)
     if a.rig:

@@ -37,7 +37,7 @@ ARMS = {"clean": "noise:pixel:0.0", "pixel_0.5": "noise:pixel:0.5", "lr_swap_0.4
         "pose_1": "noise:pose:1"}
 
 
-def analyse(root: Path, name: str) -> dict:
+def analyse(root: Path, name: str, every_pixel: bool = False) -> dict:
     parts = name.split("_", 2)
     if len(parts) != 3 or not parts[1].isdigit():
         raise SystemExit(f"{name}: expected RIG_SEED_ARM, e.g. frontal8_5010_pose_1")
@@ -50,8 +50,8 @@ def analyse(root: Path, name: str) -> dict:
     cfg = FactoryConfig(labels=ARMS[arm]).refine(int(seed))
     votes = label_votes(params, support_views(m, cfg.support, labels, "cpu"), "auto",
                         cfg.fit.matte_over_background and cfg.fit.label_background)
-    _, stats = relabel_unsupported(params, votes, SupportConfig())
-    v = votes.numpy()
+    _, stats = relabel_unsupported(params, votes, SupportConfig(drop_isolated=not every_pixel))
+    v = (votes.all if every_pixel else votes.joined).numpy()  # the shares the rule judges
     cls = params["logits"].argmax(1).numpy()
     share = v[np.arange(len(cls)), cls] / np.maximum(v.sum(1), 1e-12)
     _, idx = cKDTree(params["means"].numpy()).query(params["means"].numpy(), k=16)
@@ -68,11 +68,13 @@ def main() -> int:
     p.add_argument("--root", default="bench/out/label_refinement")
     p.add_argument("--out", default="bench/out/label_support.json")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--keep-isolated-label-pixels", action="store_true",
+                   help="shares over every labelled pixel, isolated ones included (the rule before SupportConfig.drop_isolated)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     res = {}
     for name in a.fits:
-        res[name] = r = analyse(Path(a.root), name)
+        res[name] = r = analyse(Path(a.root), name, a.keep_isolated_label_pixels)
         s = r["support"]
         print(f"\n{name}: floor {s['noise_floor']:.4f}, threshold {s['threshold']:.4f}, swapped {s['relabelled']} "
               f"({100 * s['relabelled_fraction']:.2f}%) {s['by_class']}")

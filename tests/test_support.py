@@ -9,7 +9,7 @@ import torch
 
 from facegs.core.labels import get_label_set
 from facegs.fit.data import ViewData
-from facegs.fit.support import SupportConfig, label_votes, relabel_unsupported
+from facegs.fit.support import SupportConfig, isolated_pixels, label_votes, relabel_unsupported
 from facegs.splat.rasterize import rasterize
 from facegs.splat.scene import activated, make_params
 
@@ -82,8 +82,10 @@ def test_votes_of_a_view_sum_to_its_confidence_weighted_alpha():
     conf = torch.as_tensor(np.random.default_rng(1).uniform(0.3, 1.0, (3, H, W)), dtype=torch.float32)
     data.confidence = conf
     data.labels[0, :5] = 255  # ignored pixels vote for nothing
-    votes = label_votes(params, data)
-    assert votes.shape == (len(means), LS.num_classes)
+    lv = label_votes(params, data)
+    votes = lv.all
+    assert votes.shape == lv.joined.shape == lv.isolated.shape == (len(means), LS.num_classes)
+    assert float(lv.isolated.sum()) < 1e-3 * float(votes.sum())  # clean labels: parts, not specks
     mq, qq, sc, op = activated(params)
     total = 0.0
     for v in range(3):
@@ -117,7 +119,8 @@ def test_uniform_label_noise_raises_the_floor_without_touching_backed_classes():
     """50% of every view's pixels random: each wrong class gets ~2.6% of a Gaussian's votes, the
     noise floor rises with it, and no Gaussian whose class the views back is changed, while the
     unsupported ones still are (all but at most one of five: with ~19 px of votes per Gaussian the
-    noise can give one of them a share above the floor)."""
+    noise can give one of them a share above the floor), whether the isolated pixels' votes count
+    in the shares or not."""
     means, truth, fitted, spurious = _world()
     params = _scene(fitted, means)
     clean_stats = relabel_unsupported(params, label_votes(params, _views(_scene(truth, means))))[1]
@@ -125,12 +128,18 @@ def test_uniform_label_noise_raises_the_floor_without_touching_backed_classes():
     backed[spurious] = False
     backed[-1] = False
     for seed in (0, 3, 4):
-        new, stats = relabel_unsupported(params, label_votes(params, _views(_scene(truth, means), noise=0.5, seed=seed)))
-        assert stats["noise_floor"] > 10 * clean_stats["noise_floor"] and stats["threshold"] > SupportConfig().min_share
-        cls = new["logits"].argmax(1).numpy()
-        assert (cls[backed] == fitted[backed]).all(), seed
-        assert (cls[spurious] == SKIN).sum() >= len(spurious) - 1 and (cls[spurious] != SKIN).sum() == (
-            cls[spurious] == MOUTH).sum(), seed
+        votes = label_votes(params, _views(_scene(truth, means), noise=0.5, seed=seed))
+        # most noise pixels have no neighbour of their class: a third of the votes are isolated
+        assert 0.25 < float(votes.isolated.sum() / votes.all.sum()) < 0.5
+        for drop in (False, True):
+            new, stats = relabel_unsupported(params, votes, SupportConfig(drop_isolated=drop))
+            # seen-ness and the floor count every pixel, isolated or not
+            assert stats["noise_floor"] > 10 * clean_stats["noise_floor"] + 1e-3, (seed, drop)
+            assert stats["threshold"] > SupportConfig().min_share
+            cls = new["logits"].argmax(1).numpy()
+            assert (cls[backed] == fitted[backed]).all(), (seed, drop)
+            assert (cls[spurious] == SKIN).sum() >= len(spurious) - 1 and (cls[spurious] != SKIN).sum() == (
+                cls[spurious] == MOUTH).sum(), (seed, drop)
 
 
 def test_no_labels_no_change():
@@ -141,3 +150,68 @@ def test_no_labels_no_change():
     new, stats = relabel_unsupported(params, label_votes(params, data))
     assert stats["relabelled"] == 0 and stats["seen_fraction"] == 0.0
     assert torch.equal(new["logits"], params["logits"])
+
+
+def test_isolated_pixels_are_the_labelled_pixels_with_no_neighbour_of_their_class():
+    lab = torch.zeros(12, 12, dtype=torch.long)  # background
+    lab[2, 1:9] = MOUTH  # a 1-px horizontal line: every pixel has a neighbour on it
+    for k in range(5):
+        lab[4 + k, 2 + k] = NOSE  # a 1-px diagonal line: 8-connected
+    lab[9, 9] = EAR  # a lone pixel
+    lab[10, 2] = EAR  # a lone pixel beside an ignored one
+    lab[10, 3] = 255
+    lab[0, 11] = 255  # ignored pixels are never isolated, even alone
+    iso = isolated_pixels(lab, LS.num_classes)
+    assert iso.dtype == torch.bool and iso.shape == lab.shape
+    assert {tuple(p) for p in torch.nonzero(iso).tolist()} == {(9, 9), (10, 2)}
+    lab[9, 10] = EAR  # a pair is a part, not impulse noise
+    assert {tuple(p) for p in torch.nonzero(isolated_pixels(lab, LS.num_classes)).tolist()} == {(10, 2)}
+
+
+def _pixel(mean: np.ndarray, view: int) -> tuple[int, int]:
+    """(row, column) of the pixel holding ``mean``'s projection in view ``view`` (pixel centres at +0.5)."""
+    vms, Ks = _cameras()
+    x = vms[view, :3, :3].numpy() @ mean + vms[view, :3, 3].numpy()
+    u, v = (Ks[view, :2, :2].numpy() @ (x[:2] / x[2])) + Ks[view, :2, 2].numpy()
+    return int(np.floor(v)), int(np.floor(u))
+
+
+def test_scattered_single_pixels_back_no_class_while_a_one_pixel_line_does():
+    """'Mouth' pixels added to clean views, once as a 1-px line over a row of Gaussians the fit made
+    'mouth', once as nine lone dots over each of five Gaussians the fit made 'mouth': the line backs
+    its Gaussians either way; the dots (impulse noise: no neighbour of their class) back theirs
+    only with ``drop_isolated`` off."""
+    means, truth, _, spurious = _world()
+    clean = _views(_scene(truth, means))
+    row = np.nonzero((np.abs(means[:, 1] - means[spurious[2], 1]) < 1e-6) & (truth == SKIN)
+                     & (np.abs(means[:, 0]) < 0.1) & (means[:, 2] < 1.05))[0]
+    row = row[~np.isin(row, spurious)]
+    dots, line = clean.labels.clone(), clean.labels.clone()
+    for v in range(3):
+        n_dots = 0
+        for i in spurious:
+            r, c = _pixel(means[i], v)
+            for dr in (-3, 0, 3):
+                for dc in (-3, 0, 3):
+                    dots[v, r + dr, c + dc] = MOUTH
+                    n_dots += 1
+        r, c0 = _pixel(means[row.min()], v)
+        c1 = _pixel(means[row.max()], v)[1]
+        line[v, r, c0 - 3:c1 + 4] = MOUTH  # over the end Gaussians' footprints (sigma 2.6 px)
+        assert isolated_pixels(dots[v], LS.num_classes).sum() == n_dots
+        assert not isolated_pixels(line[v], LS.num_classes).any()
+    fitted = truth.copy()
+    fitted[spurious] = MOUTH
+    fitted[row] = MOUTH
+    params = _scene(fitted, means)
+    clean.labels = dots
+    v_dots = label_votes(params, clean)
+    clean.labels = line
+    v_line = label_votes(params, clean)
+    assert float(v_line.isolated.sum()) == 0.0 and float(v_dots.isolated[spurious, MOUTH].sum()) > 0.0
+    for drop in (True, False):
+        cfg = SupportConfig(drop_isolated=drop)
+        kept = relabel_unsupported(params, v_dots, cfg)[0]["logits"].argmax(1).numpy()
+        assert (kept[spurious] == (SKIN if drop else MOUTH)).all(), drop
+        kept = relabel_unsupported(params, v_line, cfg)[0]["logits"].argmax(1).numpy()
+        assert (kept[row] == MOUTH).all(), drop

@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_options(g, NovelViewConfig, prefix="views.")
     add_options(g, RefineConfig, fields=("cleanup", "seed"), prefix="refine.")
     add_options(g, PlacementConfig, fields=("policy",), prefix="head_frame.")
-    add_options(g, SupportConfig, fields=("enabled",), prefix="support.")
+    add_options(g, SupportConfig, fields=("enabled", "drop_isolated"), prefix="support.")
     r = p.add_argument_group("run")
     r.add_argument("--backend", default="auto", choices=list(BACKENDS), help="rasterizer")
     r.add_argument("--device", default="auto", help="torch device (default: cuda when available, else cpu)")
