@@ -55,7 +55,6 @@ from facegs.fit.loop import FitResult, fit_subject  # noqa: E402
 from facegs.headframe.estimate import estimate_head_frame  # noqa: E402
 from facegs.label.views import initial_labels  # noqa: E402
 from facegs.parser.checkpoint import load_parser  # noqa: E402
-from facegs.render.cleanup import CleanupConfig  # noqa: E402
 from facegs.render.poses import cameras_for_poses, match_capture_intrinsics  # noqa: E402
 from facegs.render.views import render_novel_views  # noqa: E402
 from facegs.splat.scene import activated, load_tensors, save_tensors  # noqa: E402
@@ -199,7 +198,7 @@ def run_fit(rig: str, seed: int, arm: str, a: argparse.Namespace, parser) -> dic
     grid_cams = cameras_for_poses(np.array([(y, p, 0.0) for p in PITCHES for y in YAWS]), T, dist, (W, H, focal))
     grid_gts = synth_render(params_h, [(K, w2c, W, H) for w2c, K in grid_cams], T, bg)
     grid_views = list(render_novel_views(r.params, grid_cams, W, H, r.head_frame.world_from_head, cfg.fit,
-                                         CleanupConfig(), progress=False))
+                                         r.cleanup, progress=False))
     grid = score(grid_views, grid_cams, T, grid_gts)
     hd = r.head_frame.diagnostics
     rec = {"rig": rig, "seed": seed, "arm": arm, "labels": spec, "fit_s": round(t_fit, 1),

@@ -49,3 +49,25 @@ def test_refine_failure_leaves_nothing(labelled_subject, tmp_path):
     (bad / "subject.json").write_text("{}")
     rc = facegs_main(["refine", str(bad), "--out", str(out), "--steps", "2"])
     assert rc == 1 and not out.exists()
+
+
+def test_renders_skip_the_2d_left_right_check_where_the_3d_side_rule_ran():
+    """The clean-up's pair-order test on a few pixels can only undo the 3D side rule (one benchmark
+    fit: 4.7% wrong-side pixels with it, 0% without); it stays where the rule did not run (a frame
+    from the cameras alone, or the rule turned off)."""
+    from dataclasses import replace
+
+    from facegs.factory.subject import RefineConfig, RefinedSubject
+    from facegs.render.cleanup import CleanupConfig
+
+    def subject(cfg: RefineConfig, sided: bool) -> RefinedSubject:
+        return RefinedSubject(None, cfg, None, {}, None, "labels+symmetry" if sided else "cameras", [], 8, 8,
+                              sides_enforced=sided)
+
+    cfg = RefineConfig()
+    assert cfg.cleanup_cfg.lr_check
+    on = subject(cfg, True).cleanup
+    assert isinstance(on, CleanupConfig) and not on.lr_check
+    assert replace(on, lr_check=True) == cfg.cleanup_cfg  # nothing else changes
+    assert subject(cfg, False).cleanup is cfg.cleanup_cfg
+    assert subject(replace(cfg, cleanup=False), True).cleanup is None
