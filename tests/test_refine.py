@@ -61,8 +61,7 @@ def test_renders_skip_the_2d_left_right_check_where_the_3d_side_rule_ran():
     from facegs.render.cleanup import CleanupConfig
 
     def subject(cfg: RefineConfig, sided: bool) -> RefinedSubject:
-        return RefinedSubject(None, cfg, None, {}, None, "labels+symmetry" if sided else "cameras", [], 8, 8,
-                              sides_enforced=sided)
+        return RefinedSubject(None, cfg, None, {}, None, "labels+symmetry" if sided else "cameras", [], 8, 8)
 
     cfg = RefineConfig()
     assert cfg.cleanup_cfg.lr_check
@@ -70,4 +69,6 @@ def test_renders_skip_the_2d_left_right_check_where_the_3d_side_rule_ran():
     assert isinstance(on, CleanupConfig) and not on.lr_check
     assert replace(on, lr_check=True) == cfg.cleanup_cfg  # nothing else changes
     assert subject(cfg, False).cleanup is cfg.cleanup_cfg
+    off = replace(cfg, sides=replace(cfg.sides, enabled=False))  # the side rule turned off
+    assert subject(off, True).cleanup is off.cleanup_cfg
     assert subject(replace(cfg, cleanup=False), True).cleanup is None

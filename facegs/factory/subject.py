@@ -105,18 +105,18 @@ class RefinedSubject:
     backend: str = "auto"
     quality: dict[str, Any] = field(default_factory=dict)  # facegs.factory.quality terms + "quality"
     probe: list[RenderedView] = field(default_factory=list)  # the first novel views, rendered for the quality
-    sides_enforced: bool = False  # facegs.headframe.sides put every left/right part on its own side
 
     @property
     def cleanup(self) -> CleanupConfig | None:
         """The renders' clean-up (None: off). Its 2D left/right view check is off where the 3D side
-        rule ran: with every part on its own side of the placed frame, a pair-order test on a few
-        pixels can only undo that (docs/benchmarks.md: 68 of 69 benchmark fits unchanged without
-        it, one fixed, 4.7% -> 0% wrong-side pixels)."""
+        rule (:func:`facegs.headframe.sides.enforce_sides`) ran: with every part on its own side of
+        the placed frame, a pair-order test on a few pixels can only undo that (docs/benchmarks.md:
+        68 of 69 benchmark fits unchanged without it, one fixed, 4.7% -> 0% wrong-side pixels)."""
         if not self.cfg.cleanup:
             return None
         c = self.cfg.cleanup_cfg
-        return replace(c, lr_check=False) if self.sides_enforced and c.lr_check else c
+        sided = self.head_frame_source in SIDED_SOURCES and self.cfg.sides.enabled
+        return replace(c, lr_check=False) if sided and c.lr_check else c
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -178,8 +178,7 @@ def place(m: SubjectManifest, cfg: RefineConfig, fit: FitResult, *, labels: Mapp
         params, side_stats = enforce_sides(params, hf.world_from_head, cfg.sides)
         hf.diagnostics["sides"] = side_stats
     cams, width, height = novel_cameras(m, hf.world_from_head, cfg, cfg.seed, poses)
-    r = RefinedSubject(m, cfg, fit, params, hf, source, cams, width, height, backend,
-                       sides_enforced=side_stats is not None and cfg.sides.enabled)
+    r = RefinedSubject(m, cfg, fit, params, hf, source, cams, width, height, backend)
     r.probe = list(render_novel_views(params, cams[:PROBE_VIEWS], width, height, hf.world_from_head, cfg.fit, r.cleanup,
                                       backend, progress=False))
     psnr = (fit.summary.get("eval") or {}).get("psnr")

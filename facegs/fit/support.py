@@ -114,29 +114,30 @@ def label_votes(params: dict[str, torch.Tensor], data: ViewData, backend: str = 
     n, c = int(means.shape[0]), int(params["logits"].shape[1])
     dev = means.device
     votes = torch.zeros(n, 2 * c, dtype=torch.float64, device=dev)
-    if data.labels is not None:
-        V, H, W = data.labels.shape
-        bg = get_label_set(CANONICAL).index("background")
-        for v in range(V):
-            lab = data.labels[v].to(dev).long()
-            valid = (lab != IGNORE_INDEX) & (lab < c)
-            if not bool(valid.any()):
-                continue
-            iso = isolated_pixels(lab, c)
-            # channels [0, C): joined pixels' one-hot labels, [C, 2C): isolated ones'
-            target = torch.zeros(H, W, 2 * c, device=dev)
-            target[valid] = torch.nn.functional.one_hot(lab[valid] + c * iso[valid].long(), 2 * c).float()
-            pix = torch.ones(H, W, device=dev) * float(data.weights[v])
-            if data.confidence is not None:
-                pix = pix * data.confidence[v].to(dev)
-            if matte_over_background and data.masks is not None and (data.has_mask is None or bool(data.has_mask[v])):
-                pix = torch.where(lab == bg, pix * (1.0 - data.masks[v].to(dev)), pix)
-            target *= pix[..., None]
-            feats = torch.zeros(n, 2 * c, device=dev, requires_grad=True)
-            out, _, _ = rasterize(means, quats, scales, opac, feats, data.viewmats[v:v + 1].to(dev),
-                                  data.Ks[v:v + 1].to(dev), W, H, render_mode="RGB", backend=backend)
-            (grad,) = torch.autograd.grad((out[0] * target).sum(), feats)
-            votes += grad.double()
+    if data.labels is None:
+        return LabelVotes(votes[:, :c], votes[:, c:])
+    V, H, W = data.labels.shape
+    bg = get_label_set(CANONICAL).index("background")
+    for v in range(V):
+        lab = data.labels[v].to(dev).long()
+        valid = (lab != IGNORE_INDEX) & (lab < c)
+        if not bool(valid.any()):
+            continue
+        iso = isolated_pixels(lab, c)
+        # channels [0, C): joined pixels' one-hot labels, [C, 2C): isolated ones'
+        target = torch.zeros(H, W, 2 * c, device=dev)
+        target[valid] = torch.nn.functional.one_hot(lab[valid] + c * iso[valid].long(), 2 * c).float()
+        pix = torch.ones(H, W, device=dev) * float(data.weights[v])
+        if data.confidence is not None:
+            pix = pix * data.confidence[v].to(dev)
+        if matte_over_background and data.masks is not None and (data.has_mask is None or bool(data.has_mask[v])):
+            pix = torch.where(lab == bg, pix * (1.0 - data.masks[v].to(dev)), pix)
+        target *= pix[..., None]
+        feats = torch.zeros(n, 2 * c, device=dev, requires_grad=True)
+        out, _, _ = rasterize(means, quats, scales, opac, feats, data.viewmats[v:v + 1].to(dev),
+                              data.Ks[v:v + 1].to(dev), W, H, render_mode="RGB", backend=backend)
+        (grad,) = torch.autograd.grad((out[0] * target).sum(), feats)
+        votes += grad.double()
     return LabelVotes(votes[:, :c].contiguous(), votes[:, c:].contiguous())
 
 
