@@ -137,6 +137,33 @@ def high_yaw_truth_classes(rec: dict) -> tuple[float, dict[str, int]]:
     return float(np.mean(iou[gt > 0])), spurious
 
 
+def label_free_errors(hd: dict, T: np.ndarray) -> dict:
+    """Errors of the two label-free frames the placement's fallback can use, measured on every fit
+    (fallen back or not), from its recorded estimates: x from the symmetry plane (signed by the rig),
+    the rotation about it and the origin from the face's profile (``profile+symmetry``) or from the
+    rig (``cameras+symmetry``). Rotation in degrees, origin in world units (metres here)."""
+    if "symmetry" not in hd or "rig_frame" not in hd:
+        return {}
+    rig = np.array(hd["rig_frame"])
+    n = np.array(hd["symmetry"]["normal"])
+    n = n if n @ rig[:3, 0] >= 0 else -n
+    d = float(hd["symmetry"]["offset"]) * float(n @ np.array(hd["symmetry"]["normal"]))
+
+    def err(up: np.ndarray, origin: np.ndarray) -> tuple[float, float]:
+        up = up - (up @ n) * n
+        up /= np.linalg.norm(up)
+        R = np.stack([n, up, np.cross(n, up)], axis=1)
+        return rotation_angle_deg(R, T[:3, :3]), float(np.linalg.norm(origin - T[:3, 3]))
+
+    o = rig[:3, 3]
+    out = dict(zip(("rig_deg", "rig_origin"), err(rig[:3, 1], o - (o @ n - d) * n)))
+    if "profile" in hd:
+        out.update(zip(("profile_deg", "profile_origin"), err(np.array(hd["profile"]["up"]),
+                                                              np.array(hd["profile"]["origin"]))))
+        out["profile_cost_rel"] = hd["profile"]["cost_rel"]
+    return out
+
+
 def score(views, cams, T: np.ndarray, gts: list[dict]) -> dict:
     """Scores of rendered views against the truth at the same cameras, binned by the true pose."""
     s = Scores()
@@ -209,7 +236,8 @@ def run_fit(rig: str, seed: int, arm: str, a: argparse.Namespace, parser) -> dic
                           "labels_only_error_deg": (rotation_angle_deg(np.array(hd["labels_frame"])[:3, :3], T[:3, :3])
                                                     if "labels_frame" in hd else None),
                           "previous_estimator_error_deg": None if old is None else rotation_angle_deg(old[:3, :3],
-                                                                                                      T[:3, :3])},
+                                                                                                      T[:3, :3]),
+                          "label_free": label_free_errors(hd, T)},
            "quality": r.quality, "user": user, "grid": grid}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rec, indent=1, default=float))
@@ -328,6 +356,23 @@ def report(a: argparse.Namespace) -> str:
             cells.append(pct(per_class[f"{rig}/{c}"]))
         if rs:
             lines.append(f"| {rig} | " + " | ".join(cells) + " |")
+    # the label-free frames the fallback can use, on every fit (whatever its source)
+    lf = [r["head_frame"].get("label_free") or {} for r in recs]
+    lf = [x for x in lf if "profile_deg" in x]
+    if lf:
+        col = lambda k: np.array([x[k] for x in lf], float)  # noqa: E731
+        pd, rd = col("profile_deg"), col("rig_deg")
+        lines += ["", f"Label-free head frames (x from the symmetry plane; the rotation about it and the origin from "
+                  f"the face's profile or from the rig), measured on all {len(lf)} fits whatever their source: "
+                  f"profile {pd.mean():.1f} deg mean, {pd.max():.1f} max, {int((pd > 5).sum())} above 5, origin "
+                  f"{100 * col('profile_origin').mean():.1f} cm; rig {rd.mean():.1f} deg mean, {rd.max():.1f} max, "
+                  f"{int((rd > 5).sum())} above 5, origin {100 * col('rig_origin').mean():.1f} cm; the profile closer "
+                  f"on {int((pd < rd).sum())} fits; profile cost {1000 * col('profile_cost_rel').min():.2f}-"
+                  f"{1000 * col('profile_cost_rel').max():.2f} mm (template)."]
+        table["label_free"] = {"fits": len(lf), "profile_deg_mean": float(pd.mean()), "profile_deg_max": float(pd.max()),
+                               "rig_deg_mean": float(rd.mean()), "rig_deg_max": float(rd.max()),
+                               "profile_origin_mean": float(col("profile_origin").mean()),
+                               "rig_origin_mean": float(col("rig_origin").mean())}
     # quality without ground truth vs the truth
     q = [r["quality"]["quality"] for r in recs]
     true = [r["user"]["miou"] for r in recs]

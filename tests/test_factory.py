@@ -204,9 +204,12 @@ def test_done_marker_holds_quality_and_head_frame(small_ds):
     assert 0.0 <= q["consensus_margin"] <= 1.0 and 0.0 <= q["face_parts"] <= 1.0
     assert 0.0 <= q["quality"] <= 1.0 and q["input_iou"]["skin"] > 0.5
     hf = marker["head_frame"]
-    assert hf["source"] in ("labels+symmetry", "labels", "cameras+symmetry", "cameras")
+    assert hf["source"] in ("labels+symmetry", "labels", "profile+symmetry", "cameras+symmetry", "cameras")
     assert 0.0 <= hf["reliability"] <= 1.0 and isinstance(hf["checks"], dict)
     assert isinstance(hf["landmarks_found"], list)
+    # the label-free profile's cross-check is recorded whatever the source (a plane and a rig exist)
+    assert 0.0 <= hf["profile_vs_frame_deg"] <= 180.0
+    assert (hf["fallback_checks"] is None) == hf["source"].startswith("labels")
     assert np.asarray(hf["world_from_head"]).shape == (4, 4)
     assert marker["fit_metrics"]["quality"] == q["quality"]
 

@@ -152,7 +152,10 @@ def process_subject(
             "subject_id": sid, "url": url, "config_hash": chash, "fit_metrics": metrics, "quality": q,
             "head_frame": {"source": refined.head_frame_source, "world_from_head": refined.head_frame.world_from_head,
                            "reliability": hd.get("reliability"), "checks": hd.get("checks"),
-                           "reasons": hd.get("reasons"), "landmarks_found": hd.get("landmarks_found")},
+                           "reasons": hd.get("reasons"), "landmarks_found": hd.get("landmarks_found"),
+                           "fallback_checks": hd.get("fallback_checks"),
+                           # the label-free profile's up against the frame used (a cross-check; degrees)
+                           "profile_vs_frame_deg": (hd.get("profile") or {}).get("vs_frame_deg")},
             "facegs_version": facegs.__version__}, records)
         shards = [{k: s[k] for k in ("shard", "sha256", "num_samples")} for s in marker["shards"]]
         if clear_failure:

@@ -98,7 +98,7 @@ class RefinedSubject:
     fit: FitResult
     params: dict[str, torch.Tensor]  # on the fit device; left/right logits made consistent with the head frame
     head_frame: HeadFrame
-    head_frame_source: str  # "labels+symmetry" | "labels" | "cameras+symmetry" | "cameras"
+    head_frame_source: str  # "labels+symmetry" | "labels" | "profile+symmetry" | "cameras+symmetry" | "cameras"
     cameras: Cameras
     width: int
     height: int

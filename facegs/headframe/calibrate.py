@@ -1,6 +1,7 @@
 """Offline tools for the head frame: labelled points from depth maps, template calibration, accuracy.
 
-:func:`calibrate_template` made :data:`facegs.headframe.template.TEMPLATE` from synthetic subjects
+:func:`calibrate_template` made :data:`facegs.headframe.template.TEMPLATE` and
+:func:`calibrate_profile` made :data:`facegs.headframe.template.PROFILE` from synthetic subjects
 with a known head pose; :func:`evaluate_on_manifest` measures :func:`facegs.headframe.estimate.estimate_head_frame`
 on such a subject (rotation error in degrees, origin error in world units).
 """
@@ -109,6 +110,51 @@ def calibrate_template(
             m = m * np.array([0.0, 1.0, 1.0])
         out[n] = (round(float(m[0]), 4), round(float(m[1]), 4), round(float(m[2]), 4))
     return out
+
+
+# the face's midline classes: the profile is the face's, not the hair's, a hat's or the clothes'
+PROFILE_CLASSES = ("skin", "l_brow", "r_brow", "l_eye", "r_eye", "nose", "mouth", "u_lip", "l_lip")
+
+
+def calibrate_profile(
+    samples: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], *, half_width: float = 0.003,
+    centre: tuple[float, float] = (-0.03, 0.0), step_deg: float = 2.0, max_deg: float = 80.0,
+    min_share: float = 2.0 / 3.0,
+) -> list[tuple[float, float]]:
+    """The mean mid-sagittal profile of the face, ``[(y, z), ...]`` in the head frame (metres).
+
+    ``samples`` as for :func:`calibrate_template`. Per subject, the face's points (``PROFILE_CLASSES``)
+    within ``half_width`` of the mid-plane x = 0 are binned by their angle about ``centre`` (head-frame
+    (y, z), in the plane; 0 = straight ahead, +90 = up) in ``step_deg`` bins within +-``max_deg``, and
+    each bin keeps its outermost point's distance (the surface a camera sees, not the nostrils'
+    inside). The profile is the median distance per bin over the subjects, for the bins at least
+    ``min_share`` of them have. Returned from chin to forehead, rounded to 0.1 mm.
+    """
+    ls = get_label_set("celebamask19")
+    face = [ls.index(c) for c in PROFILE_CLASSES]
+    c = np.asarray(centre, dtype=np.float64)
+    bins = np.radians(np.arange(-max_deg, max_deg + 1e-9, step_deg))
+    half = np.radians(step_deg) / 2.0
+    radii = []
+    for pts, probs, T in samples:
+        T = np.asarray(T, dtype=np.float64)
+        head = (np.asarray(pts, dtype=np.float64) - T[:3, 3]) @ T[:3, :3]
+        sel = (np.abs(head[:, 0]) < half_width) & np.isin(np.argmax(probs, axis=1), face)
+        yz = head[sel][:, 1:] - c
+        ang, r = np.arctan2(yz[:, 0], yz[:, 1]), np.linalg.norm(yz, axis=1)
+        row = np.full(len(bins), np.nan)
+        for i, b in enumerate(bins):
+            m = np.abs(ang - b) < half
+            if m.sum() >= 2:
+                row[i] = r[m].max()
+        radii.append(row)
+    if not radii:
+        raise ValueError("calibrate_profile needs at least one subject")
+    R = np.array(radii)
+    ok = np.isfinite(R).sum(axis=0) >= min_share * len(R)
+    med = np.array([np.median(col[np.isfinite(col)]) if k else np.nan for col, k in zip(R.T, ok)])
+    return [(round(float(c[0] + r * np.sin(b)), 4), round(float(c[1] + r * np.cos(b)), 4))
+            for b, r, k in zip(bins, med, ok) if k]
 
 
 def evaluate_on_manifest(

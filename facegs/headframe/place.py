@@ -1,6 +1,6 @@
 """Placing a fitted subject's head frame so that it cannot fail silently.
 
-Three estimates, two of them independent of the labels:
+Three estimates, two of them independent of the labels (and a third label-free cue for the fallback):
 
 1. **labels**: semantic landmarks of the *visible* labelled surface
    (:func:`facegs.headframe.visible.visible_surface_points`, each point weighted by its consensus
@@ -8,7 +8,10 @@ Three estimates, two of them independent of the labels:
 2. **geometry**: the face's bilateral symmetry plane (:mod:`facegs.headframe.symmetry`): its
    normal is the head's x axis, its offset the origin's x;
 3. **rig**: the capture rig's prior (:func:`facegs.headframe.priors.head_frame_from_cameras`):
-   forward = towards the mean camera, up = the cameras' mean image-up.
+   forward = towards the mean camera, up = the cameras' mean image-up;
+4. **profile** (label-free, for the fallback): the reference face profile registered to the
+   surface in the symmetry plane (:mod:`facegs.headframe.profile`): the rotation about x and the
+   origin from the face's shape rather than from where the cameras point.
 
 Fusion: x comes from the symmetry plane (sign: the subject's left by the labels' frame, else the
 rig's); the rotation about x, the origin and the scale come from the landmarks refitted with x
@@ -34,15 +37,27 @@ lower it, since the frame is the one with x from the plane (signed by the rig wh
 disagrees). Measured on the benchmark's fits: where that check failed, the labels' free frame was
 24-59 degrees off and the fused frame 0.6-3.2 (docs/benchmarks.md); a flat 0.6 for those frames
 ranked correct subjects below wrong ones. A frame whose own checks give less than
-``min_reliability`` (0.9: every check within about 1.1x its limit) is replaced by the most reliable label-free estimate (``policy="fallback"``: x
-from the symmetry plane, the rotation about it and the origin from the rig; the rig alone without a
-plane) or the subject fails with the reasons (``policy="fail"``, :class:`facegs.core.errors.FitError`).
-A fallback frame's reliability is 0.5 (``cameras+symmetry``) or 0.25 (``cameras``) times the
-minimum of its own checks (``fallback_checks``: the plane's ``symmetry_rel`` and
-``rig_x_vs_symmetry_deg``, the plane's normal against the rig's x axis); a fallback whose checks
-give 0 fails the subject under either policy (the labels, the plane and the rig all disagree: no
-frame to trust). The source is recorded:
-``"labels+symmetry"``, ``"labels"`` (no plane), ``"cameras+symmetry"`` or ``"cameras"``.
+``min_reliability`` (0.9: every check within about 1.1x its limit) is replaced by the most reliable
+label-free estimate (``policy="fallback"``) or the subject fails with the reasons (``policy="fail"``,
+:class:`facegs.core.errors.FitError`). The label-free estimates, most reliable first:
+
+- ``"profile+symmetry"``: x from the symmetry plane (signed by the rig), the rotation about it and
+  the origin from the face's profile, used when the profile's own checks pass (``profile_rel``:
+  its mean distance to the surface in template metres; ``profile_vs_rig_up_deg``: its up against
+  the rig's, within ``max_rig_up_deg``);
+- ``"cameras+symmetry"``: x from the plane, the rotation about it and the origin from the rig;
+- ``"cameras"``: the rig prior alone (no plane).
+
+A fallback frame's reliability is 0.5, 0.4 or 0.25 (in that order; the rig's up direction was
+6.9 degrees off the head's on average over the benchmark's fits, 19 at most, the profile's 2.4 and
+6.3) times the minimum of its own checks (``fallback_checks``: the plane's ``symmetry_rel`` and
+``rig_x_vs_symmetry_deg``, the plane's normal against the rig's x axis, and the profile's two
+checks when it is used); a fallback whose checks give 0 fails the subject under either policy (the
+labels, the plane and the rig all disagree: no frame to trust). The source is recorded:
+``"labels+symmetry"``, ``"labels"`` (no plane), ``"profile+symmetry"``, ``"cameras+symmetry"`` or
+``"cameras"``. Whenever a plane and the rig exist the profile is fitted and recorded
+(``diagnostics["profile"]``, with ``vs_frame_deg``: its up against the placed frame's, in the plane),
+also where the labels' frame is kept: a cross-check a user can read.
 """
 
 from __future__ import annotations
@@ -61,6 +76,7 @@ from facegs.headframe.estimate import estimate_head_frame
 from facegs.headframe.frame import HeadFrame, HeadFrameConfig, HeadFrameError
 from facegs.headframe.inplane import Estimate, fit_with_fixed_x, width_scale
 from facegs.headframe.priors import head_frame_from_cameras
+from facegs.headframe.profile import ProfileFit, fit_profile
 from facegs.headframe.symmetry import SymmetryPlane, symmetry_plane
 from facegs.headframe.template import LR_LANDMARK_PAIRS, TEMPLATE
 from facegs.headframe.visible import CameraView, SurfacePoints, ViewRender, render_capture_views, visible_surface_points
@@ -70,9 +86,10 @@ SYMMETRIC_CLASSES = ("skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_e
                      "u_lip", "l_lip", "neck")
 TEMPLATE_FACE_WIDTH = 2.0 * TEMPLATE["l_ear"][0]  # metres: ear to ear on the reference head
 POLICIES = ("fallback", "fail")
-# a label-free frame takes the rotation about x (pitch) and the origin from the rig, which only knows
-# where the cameras point, not how the head is held: at most this reliable, times its own checks
-FALLBACK_RELIABILITY = {"cameras+symmetry": 0.5, "cameras": 0.25}
+# a label-free frame takes the rotation about x (pitch) and the origin from the face's profile or from
+# the rig, which only knows where the cameras point, not how the head is held: at most this reliable,
+# times its own checks
+FALLBACK_RELIABILITY = {"profile+symmetry": 0.5, "cameras+symmetry": 0.4, "cameras": 0.25}
 
 
 @dataclass(frozen=True)
@@ -98,6 +115,10 @@ class PlacementConfig:
     # 13.2 degrees off; the fallback for it, 8.4 (docs/benchmarks.md, facescape s5024 parser labels)
     min_reliability: float = 0.9
     symmetry: bool = True
+    # the label-free fallback's rotation about x and origin from the face's profile (else the rig's)
+    profile: bool = True
+    # the profile's mean distance to the surface, template metres: 0.5-1.5 mm on the benchmark's fits
+    max_profile_rel: float = 0.003
     max_side: int = 128  # capture views are rendered at most this large for the surface points
     alpha_min: float = 0.9
     max_points: int = 80_000
@@ -179,6 +200,7 @@ def place_head_frame(params: dict[str, torch.Tensor], views: Sequence[CameraView
     reliability = min(own) if own else 0.0
     failed = [f"{k} = {v['value']} (limit {v['limit']})" for k, v in checks.items() if v["term"] < 1.0]
     diag["label_frame_reliability"] = round(float(reliability), 4)
+    profile = _profile(surface, plane, rig, cfg, diag)
     if fused is not None and reliability >= cfg.min_reliability:
         source = "labels+symmetry" if plane is not None else "labels"
         frame = fused
@@ -188,7 +210,13 @@ def place_head_frame(params: dict[str, torch.Tensor], views: Sequence[CameraView
             raise FitError(f"cannot place the head frame reliably (reliability {reliability:.2f} < "
                            f"{cfg.min_reliability}): {why}", subject=subject)
         fb_checks = _fallback_checks(plane, rig, surface, cfg)
-        frame, source = _fallback(plane, rig, subject, why)
+        prof_checks = _profile_checks(profile, rig, cfg)
+        use_profile = bool(prof_checks) and all(c["term"] >= 1.0 for c in prof_checks.values())
+        if use_profile:
+            fb_checks.update(prof_checks)
+        elif prof_checks:
+            diag["profile_rejected"] = prof_checks
+        frame, source = _fallback(plane, rig, profile if use_profile else None, subject, why)
         diag["fallback_reason"] = why
         diag["fallback_checks"] = fb_checks
         reliability = FALLBACK_RELIABILITY[source] * min([c["term"] for c in fb_checks.values()] or [1.0])
@@ -208,6 +236,10 @@ def place_head_frame(params: dict[str, torch.Tensor], views: Sequence[CameraView
                             "n_points": plane.n_points}
     if rig is not None:
         diag["rig_frame"] = rig.world_from_head.tolist()
+    if profile is not None:
+        diag["profile"] = {"up": profile.up.tolist(), "origin": profile.origin.tolist(), "scale": profile.scale,
+                           "cost_rel": round(profile.cost, 6), "n_points": profile.n_points,
+                           "vs_frame_deg": round(_angle(profile.up, frame.R[:, 1]), 3)}
     return HeadFrame(world_from_head=frame.matrix(), diagnostics=diag), source
 
 
@@ -223,6 +255,23 @@ def _plane(surface: SurfacePoints, labels: HeadFrame | None, rig: HeadFrame | No
                               max_deg=cfg.max_rig_forward_deg)
     except ValueError as e:
         reasons.append(f"no symmetry plane: {e}")
+        return None
+
+
+def _profile(surface: SurfacePoints, plane: SymmetryPlane | None, rig: HeadFrame | None, cfg: PlacementConfig,
+             diag: dict[str, Any]) -> ProfileFit | None:
+    """The face's profile in the symmetry plane (:mod:`facegs.headframe.profile`), started from the
+    rig's up and origin, the plane's normal signed by the rig's x; None without a plane or a rig, or
+    when it cannot be fitted (why: ``diag["profile_error"]``; not a reason against the frame)."""
+    if not cfg.profile or plane is None or rig is None:
+        return None
+    R0 = rig.world_from_head[:3, :3]
+    n = plane.normal if plane.normal @ R0[:, 0] >= 0 else -plane.normal
+    try:
+        return fit_profile(surface.points, n, plane.offset * float(n @ plane.normal), R0[:, 1],
+                           rig.world_from_head[:3, 3], width_scale(surface.points, n, TEMPLATE_FACE_WIDTH))
+    except ValueError as e:
+        diag["profile_error"] = str(e)
         return None
 
 
@@ -304,15 +353,32 @@ def _fallback_checks(plane: SymmetryPlane | None, rig: HeadFrame | None, surface
     return out
 
 
-def _fallback(plane: SymmetryPlane | None, rig: HeadFrame | None, subject: str | None,
+def _profile_checks(profile: ProfileFit | None, rig: HeadFrame | None,
+                    cfg: PlacementConfig) -> dict[str, dict[str, Any]]:
+    """The profile's checks: its mean distance to the surface (template metres) and its up against the rig's."""
+    if profile is None or rig is None:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, value, limit in (("profile_rel", profile.cost, cfg.max_profile_rel),
+                               ("profile_vs_rig_up_deg", _angle(profile.up, rig.world_from_head[:3, 1]),
+                                cfg.max_rig_up_deg)):
+        out[name] = {"value": round(float(value), 5), "limit": limit, "term": round(_term(value, limit), 4)}
+    return out
+
+
+def _fallback(plane: SymmetryPlane | None, rig: HeadFrame | None, profile: ProfileFit | None, subject: str | None,
               why: str) -> tuple[Estimate, str]:
     """The label-free frame: x from the symmetry plane (signed by the rig), the rotation about it
-    and the origin from the rig prior; the rig prior alone without a plane."""
+    and the origin from the face's profile when given, else from the rig prior; the rig prior alone
+    without a plane."""
     if rig is None:
         raise FitError(f"cannot place the head frame: {why}; and no rig prior", subject=subject)
     R0, o0 = rig.world_from_head[:3, :3], rig.world_from_head[:3, 3]
     if plane is None:
         return Estimate(R0, o0), "cameras"
+    if profile is not None:
+        n = np.cross(profile.up, profile.forward)
+        return Estimate(np.stack([n, profile.up, profile.forward], axis=1), profile.origin), "profile+symmetry"
     n = plane.normal if plane.normal @ R0[:, 0] >= 0 else -plane.normal
     up = R0[:, 1] - (R0[:, 1] @ n) * n
     up /= np.linalg.norm(up)

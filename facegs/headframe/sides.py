@@ -27,7 +27,7 @@ from facegs.core.labels import CANONICAL, get_label_set
 from facegs.headframe.template import LR_LANDMARK_PAIRS
 
 #: head-frame sources whose x axis and mid-plane come from the face (not the rig alone)
-SIDED_SOURCES = ("labels+symmetry", "labels", "cameras+symmetry")
+SIDED_SOURCES = ("labels+symmetry", "labels", "profile+symmetry", "cameras+symmetry")
 
 
 @dataclass(frozen=True)
