@@ -27,12 +27,20 @@ pipeline exposes of them are their own fields (:mod:`facegs.core.options`), and 
 ``--finetune-args`` pass any other option of those jobs.
 
 Every stage skips finished work (complete subjects, existing checkpoints, Ray Train runs resumed
-by name), so rerunning the same command after a crash continues where it stopped.
+by name), so rerunning the same command after a crash continues where it stopped. A round's
+checkpoint is reused only for the inputs it was trained on: ``parser.inputs.json`` beside it holds
+the starting parser's sha256, the sha256 of the round's shards (every complete subject's, from the
+done markers), the fine-tuning options and seed, and their fingerprint; the Ray Train run is named
+``round{r}-{fingerprint}``, so only a run of the same inputs is resumed. When any of them changed
+(a factory option or parser that re-made the shards, other fine-tuning options) or the record is
+missing, ``parser.pt`` and ``parser_wise.pt`` are trained again, and the log says why.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import shlex
 import sys
@@ -45,7 +53,9 @@ import numpy as np
 import ray
 
 from facegs.core.errors import InputError
+from facegs.core.hashing import canonical_json, file_sha256
 from facegs.core.options import add_options, from_namespace, opt, overrides_from_args
+from facegs.core.storage import atomic_write_bytes
 from facegs.evaluate.compare import evaluate_checkpoints
 from facegs.evaluate.report import write_report
 from facegs.evaluate.tables import summary_table
@@ -119,6 +129,32 @@ def label_quality(dataset_root: Path) -> dict[str, float | None]:
     return out
 
 
+def finetune_inputs(cfg: PipelineConfig, r: int, current: Path, dataset: Path) -> dict[str, Any]:
+    """What round ``r``'s fine-tuned parser depends on (see the module docstring), with its
+    ``fingerprint`` (16 hex digits of the sha256 over the rest)."""
+    markers = complete_subjects(str(dataset))
+    shards = sorted(f"{sid}/{sh['shard']}:{sh['sha256']}" for sid, m in markers.items() for sh in m.get("shards", []))
+    doc: dict[str, Any] = {"init_sha256": file_sha256(str(current)), "n_shards": len(shards),
+                           "shards_sha256": hashlib.sha256("\n".join(shards).encode()).hexdigest(),
+                           "finetune": cfg.finetune, "seed": cfg.seed + r}
+    doc["fingerprint"] = hashlib.sha256(canonical_json(doc)).hexdigest()[:16]
+    return doc
+
+
+def _reusable(ckpt: Path, record: Path, inputs: dict[str, Any]) -> tuple[bool, str]:
+    """Whether ``ckpt`` was trained on ``inputs`` (its ``record``), and if not, why."""
+    if not ckpt.is_file():
+        return False, "no checkpoint yet"
+    try:
+        old = json.loads(record.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False, f"{ckpt.name} has no readable record of its inputs ({record.name})"
+    if old.get("fingerprint") == inputs["fingerprint"]:
+        return True, ""
+    changed = [k for k in ("init_sha256", "shards_sha256", "finetune", "seed") if old.get(k) != inputs[k]]
+    return False, f"{ckpt.name} was trained on other inputs (changed: {', '.join(changed) or 'the record'})"
+
+
 def _round(cfg: PipelineConfig, r: int, current: Path, out: Path) -> dict[str, Any]:
     """One EM round: factory with the current parser's labels, then fine-tuning from it."""
     rd = out / f"round{r}"
@@ -130,14 +166,22 @@ def _round(cfg: PipelineConfig, r: int, current: Path, out: Path) -> dict[str, A
     if fsum["finalize"]["manifest_samples"] == 0:
         raise BuildError(f"round {r}: the factory produced no samples (see {rd / 'dataset' / 'summary.json'})")
     t_factory = time.time() - ts
-    ckpt = rd / "parser.pt"
+    ckpt, record = rd / "parser.pt", rd / "parser.inputs.json"
     ts = time.time()
-    if not ckpt.is_file():
+    inputs = finetune_inputs(cfg, r, current, rd / "dataset")
+    reuse, why = _reusable(ckpt, record, inputs)
+    if reuse:
+        print(f"[pipeline] round {r}: reusing {ckpt} (inputs {inputs['fingerprint']})")
+    else:
+        if ckpt.is_file():
+            print(f"[pipeline] round {r}: {why}: training it again", flush=True)
+        for stale in (ckpt, record, rd / "parser_wise.pt"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
         run_finetune(FinetuneConfig(**{**cfg.finetune, "shards": str(rd / "dataset"), "init": str(current),
                                        "out": str(ckpt), "storage_path": str((out / "ray_train").resolve()),
-                                       "name": f"round{r}", "seed": cfg.seed + r}))
-    else:
-        print(f"[pipeline] round {r}: reusing {ckpt}")
+                                       "name": f"round{r}-{inputs['fingerprint']}", "seed": cfg.seed + r}))
+        atomic_write_bytes(record, json.dumps(inputs, indent=1).encode())
     wise = _wise(cfg, current, ckpt, rd / "parser_wise.pt", out) if cfg.wise_max_drop is not None else None
     return {"round": r, "labels_from": labels, "dataset": str(rd / "dataset"),
             "parser": str(rd / "parser_wise.pt" if wise else ckpt), "finetuned": str(ckpt), "wise_ft": wise,

@@ -15,7 +15,7 @@ FACTORY_ARGS = "--factory-args=--no-progress --fit-overrides '{\"eval_at_end\": 
 
 
 @pytest.mark.slow
-def test_pipeline_one_round_end_to_end(tmp_path, monkeypatch):
+def test_pipeline_one_round_end_to_end(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     subjects = tmp_path / "subjects"
@@ -43,13 +43,20 @@ def test_pipeline_one_round_end_to_end(tmp_path, monkeypatch):
     assert (out / "report" / "report.md").read_text().count("round1") >= 1
     assert (out / "report" / "f1_vs_yaw.png").is_file() and (out / "report" / "contact_sheet.html").is_file()
     assert "yaw" in r1["eval"] and doc["test_views"] > 0
-    # rerun: everything is reused (complete subjects skipped, checkpoint reused); WiSE-FT on top
+    record = json.loads((out / "round1" / "parser.inputs.json").read_text())
+    assert record["n_shards"] == 2 and len(record["fingerprint"]) == 16
+    # rerun: everything is reused (complete subjects skipped, checkpoint reused: the same inputs);
+    # WiSE-FT on top
+    ft_args = ["--workers", "2", "--epochs", "2", "--epoch-length", "8", "--batch-size", "4", "--size", "64"]
+    ft_bytes = (out / "round1" / "parser.pt").read_bytes()
     rc = pipeline.main(["--subjects", str(subjects), "--parser", str(base), "--out", str(out), "--rounds", "1",
                         "--first-labels", "noise:pixel:0.3", "--test-set", str(out / "test_set"),
-                        "--preset", "test", "--steps", "80", "--renders", "6", FACTORY_ARGS,
+                        "--preset", "test", "--steps", "80", "--renders", "6", FACTORY_ARGS, *ft_args,
                         "--num-cpus", "2", "--wise-max-drop", "1", "--wise-rule", "best",
                         "--wise-val-subjects", "1", "--test-res", "64"])
     assert rc == 0
+    assert (out / "round1" / "parser.pt").read_bytes() == ft_bytes
+    assert json.loads((out / "round1" / "parser.inputs.json").read_text()) == record
     (w1,) = json.loads((out / "pipeline.json").read_text())["rounds"]
     wise = w1["wise_ft"]
     assert w1["parser"] == str(out / "round1" / "parser_wise.pt") and w1["finetuned"] == str(out / "round1" / "parser.pt")
@@ -63,3 +70,19 @@ def test_pipeline_one_round_end_to_end(tmp_path, monkeypatch):
     # the refined labels' agreement with ground truth comes from the done markers: the same on a rerun
     q = json.loads((out / "pipeline.json").read_text())["rounds"][0]["label_quality"]
     assert q == r1["label_quality"] and q["label_acc_gt"] is not None and 0.0 < q["label_acc_gt"] <= 1.0
+
+    # other fine-tuning inputs (one epoch): the stale checkpoint is not reused, nor its WiSE-FT file
+    # (this run asks for none); the log says why, and the record holds the new inputs
+    rc = pipeline.main(["--subjects", str(subjects), "--parser", str(base), "--out", str(out), "--rounds", "1",
+                        "--first-labels", "noise:pixel:0.3", "--test-set", str(out / "test_set"),
+                        "--preset", "test", "--steps", "80", "--renders", "6", FACTORY_ARGS,
+                        *ft_args[:3], "1", *ft_args[4:],
+                        "--num-cpus", "2", "--test-res", "64"])
+    assert rc == 0
+    assert "parser.pt was trained on other inputs (changed: finetune): training it again" in capfd.readouterr().out
+    new = json.loads((out / "round1" / "parser.inputs.json").read_text())
+    assert new["finetune"]["epochs"] == 1 and new["fingerprint"] != record["fingerprint"]
+    assert new["shards_sha256"] == record["shards_sha256"] and new["init_sha256"] == record["init_sha256"]
+    assert (out / "round1" / "parser.pt").read_bytes() != ft_bytes
+    assert not (out / "round1" / "parser_wise.pt").exists()
+    assert json.loads((out / "pipeline.json").read_text())["rounds"][0]["parser"] == str(out / "round1" / "parser.pt")
