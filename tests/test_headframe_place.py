@@ -391,3 +391,21 @@ def test_profile_template_is_what_calibrate_profile_makes(tmp_path):
     assert np.all(np.diff(ang) > 0)
     with pytest.raises(ValueError, match="at least one subject"):
         calibrate_profile([])
+
+
+def test_symmetry_plane_from_the_rig_alone_on_a_face_the_icp_runs_away_on(tmp_path):
+    """Synthetic seed 7001 (facescape rig, 80 px, exact surface): the rig's x is 6 deg off the head's,
+    and every mirror-ICP run started there ends 72-90 deg off; the plane (the label-free fallback's
+    x, started from the rig alone) must still be the face's, because each start is a candidate too."""
+    from facegs.headframe.place import SYMMETRIC_CLASSES
+    from facegs.headframe.priors import head_frame_from_cameras
+    from facegs.synth.generate import generate_subject as gen
+
+    m = gen(tmp_path, "p7001", 7001, rig="facescape", res=80, write_masks=False)
+    T = np.asarray(m.world_from_head)
+    pts, probs = labelled_points_from_views(m, "gt_labels", stride=1)
+    face = np.isin(probs.argmax(1), [LS.index(c) for c in SYMMETRIC_CLASSES])
+    rig_x = head_frame_from_cameras(np.stack([np.asarray(v.world_to_camera) for v in m.views])).world_from_head[:3, 0]
+    assert 3.0 < np.degrees(np.arccos(abs(float(rig_x @ T[:3, 0])))) < 10.0
+    plane = symmetry_plane(pts[face], [rig_x], near=rig_x)
+    assert np.degrees(np.arccos(min(1.0, abs(float(plane.normal @ T[:3, 0]))))) < 1.0

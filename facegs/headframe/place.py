@@ -117,7 +117,8 @@ class PlacementConfig:
     symmetry: bool = True
     # the label-free fallback's rotation about x and origin from the face's profile (else the rig's)
     profile: bool = True
-    # the profile's mean distance to the surface, template metres: 0.5-1.5 mm on the benchmark's fits
+    # the profile's mean distance to the surface, template metres: 0.5-1.5 mm on the benchmark's fitted
+    # scenes, 0.4-3.0 on the exact surfaces of bench/profile_frame.py (above it the rig's pitch is used)
     max_profile_rel: float = 0.003
     max_side: int = 128  # capture views are rendered at most this large for the surface points
     alpha_min: float = 0.9

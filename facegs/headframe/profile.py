@@ -10,15 +10,18 @@ reference profile (:data:`facegs.headframe.template.PROFILE`) registered to them
 gives the head's up direction and origin in the plane. Measured on the same 69 fits (the fitted
 scenes' visible surface, every rig and label arm): 2.4 degrees mean, 6.3 max; the origin 0.8 cm off
 against the rig's 2.5 cm (docs/benchmarks.md, "Label refinement"; ``head_frame.label_free`` of
-``bench/label_refinement.py``'s records).
+``bench/label_refinement.py``'s records). On the exact surfaces of 48 fresh subjects in three rigs,
+started from the rig alone (``bench/profile_frame.py``): 1.6 degrees mean, 3.1 max, against the
+rig's 8.3 and 21.9.
 
 The registration (:func:`fit_profile`): iterative closest points from the template's profile to the
 band's points (one-sided: the band also holds hair, a hat's brim, the neck and clothes, which the
 face's profile does not have), the rotation, scale and translation of each step in closed form
-(weighted Procrustes in 2D), started from the rig's up direction turned by -30..30 degrees and from
+(Procrustes in 2D), started from the rig's up direction turned by -30..30 degrees and from
 9 translations about the rig's origin; the start with the lowest final mean distance wins. The
 result is trusted by the caller only when that distance (in template metres, ``cost``) is small:
-0.5-1.6 mm on the benchmark's fits.
+0.5-1.5 mm on the benchmark's fitted scenes, 0.4-3.0 on exact surfaces of 48 fresh subjects at 80 px
+(bench/profile_frame.py).
 
 Conventions: world points in metres (any unit works: ``scale0`` carries it), ``n`` a unit vector
 towards the subject's left, ``n . x = d`` the mirror plane; template points in the head frame

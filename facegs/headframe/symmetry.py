@@ -16,6 +16,13 @@ caller gives and rotations of them by +-``spread`` degrees about the other two a
 the lowest median mirror distance wins. That distance, relative to the face size, says how
 symmetric the fitted surface really is.
 
+Each start also enters as a candidate as it is: from a start a few degrees off, the ICP can run
+away (its update is the principal direction of the pairs' differences, and for mismatched pairs
+that is the surface normal, the face's forward direction): on an exact synthetic surface 6 degrees
+off, every ICP run ended 72-90 degrees off, and with only the rig's x to start from, the plane was
+89 degrees off (bench/profile_frame.py, seed 7001). Its refinement (step 4) from the start finds
+the plane.
+
 4. The ICP's fixed point is not the mirror plane where the sampled surface is uneven (one cheek
    seen more than the other, hair over one temple): nearest-neighbour pairs slide along the surface
    and the normal of their differences tilts, 2.5-8.5 degrees on the exact surfaces of the
@@ -133,11 +140,16 @@ def symmetry_plane(points: np.ndarray, init_normals: Sequence[np.ndarray], *, it
         a2 = np.cross(n0, a1)
         starts = [n0] + [_rotation(a, s * spread) @ n0 for a in (a1, a2) for s in (-1.0, 1.0)]
         for start in starts:
-            cand = _icp(P, tree, start, iters, trim)
-            if best is None or cand[2] < best[2]:
-                best = cand
-            if not far(cand[0]) and (best_near is None or cand[2] < best_near[2]):
-                best_near = cand
+            # the start itself is a candidate too: from a few degrees off, the ICP can run away to a
+            # plane 70-90 degrees off on an exact surface (its update follows the surface normals of
+            # mismatched pairs); step 4 then refines the start where the ICP left the near cone
+            d0 = float(np.median(P @ start))
+            dist0, _ = tree.query(P - 2.0 * ((P @ start) - d0)[:, None] * start)
+            for cand in (_icp(P, tree, start, iters, trim), (start, d0, float(np.median(dist0)))):
+                if best is None or cand[2] < best[2]:
+                    best = cand
+                if not far(cand[0]) and (best_near is None or cand[2] < best_near[2]):
+                    best_near = cand
     assert best is not None
 
     def refined(c: tuple[np.ndarray, float, float]) -> SymmetryPlane:
