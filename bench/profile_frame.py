@@ -61,8 +61,7 @@ def one(rig: str, seed: int, res: int, work: Path) -> dict:
     rigf = head_frame_from_cameras(np.stack([np.asarray(v.world_to_camera) for v in m.views])).world_from_head
     face = np.isin(lab, [LS.index(c) for c in SYMMETRIC_CLASSES])
     plane = symmetry_plane(pts[face], [rigf[:3, 0]], near=rigf[:3, 0])
-    n = plane.normal if plane.normal @ rigf[:3, 0] >= 0 else -plane.normal
-    d = plane.offset * float(n @ plane.normal)
+    n, d = plane.towards(rigf[:3, 0])
     t0 = time.perf_counter()
     p = fit_profile(pts, n, d, rigf[:3, 1], rigf[:3, 3], width_scale(pts, n, TEMPLATE_FACE_WIDTH))
     t_prof = time.perf_counter() - t0

@@ -117,11 +117,12 @@ class PipelineConfig:
     finetune: dict[str, Any] = field(default_factory=lambda: dict(FINETUNE_DEFAULTS))  # FinetuneConfig fields
 
 
-def label_quality(dataset_root: Path) -> dict[str, float | None]:
-    """Mean over the dataset's complete subjects (their done markers, so that a rerun that skips
-    finished subjects reports the same) of the fit's agreement with ground truth (synthetic captures
-    only): ``input_acc_gt`` (the parser's labels) and ``label_acc_gt`` / ``miou_gt`` (the refined scene)."""
-    metrics = [marker.get("fit_metrics", {}) for marker in complete_subjects(str(dataset_root)).values()]
+def label_quality(markers: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Mean over a dataset's complete subjects (their done ``markers``,
+    :func:`facegs.factory.markers.complete_subjects`, so that a rerun that skips finished subjects
+    reports the same) of the fit's agreement with ground truth (synthetic captures only):
+    ``input_acc_gt`` (the parser's labels) and ``label_acc_gt`` / ``miou_gt`` (the refined scene)."""
+    metrics = [marker.get("fit_metrics", {}) for marker in markers.values()]
     out: dict[str, float | None] = {}
     for k in ("input_acc_gt", "label_acc_gt", "input_miou_gt", "miou_gt"):
         vals = [m.get(k) for m in metrics if m.get(k) is not None]
@@ -129,10 +130,9 @@ def label_quality(dataset_root: Path) -> dict[str, float | None]:
     return out
 
 
-def finetune_inputs(cfg: PipelineConfig, r: int, current: Path, dataset: Path) -> dict[str, Any]:
-    """What round ``r``'s fine-tuned parser depends on (see the module docstring), with its
-    ``fingerprint`` (16 hex digits of the sha256 over the rest)."""
-    markers = complete_subjects(str(dataset))
+def finetune_inputs(cfg: PipelineConfig, r: int, current: Path, markers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What round ``r``'s fine-tuned parser depends on (see the module docstring; ``markers``: the
+    round's dataset's done markers), with its ``fingerprint`` (16 hex digits of the sha256 over the rest)."""
     shards = sorted(f"{sid}/{sh['shard']}:{sh['sha256']}" for sid, m in markers.items() for sh in m.get("shards", []))
     doc: dict[str, Any] = {"init_sha256": file_sha256(str(current)), "n_shards": len(shards),
                            "shards_sha256": hashlib.sha256("\n".join(shards).encode()).hexdigest(),
@@ -168,7 +168,8 @@ def _round(cfg: PipelineConfig, r: int, current: Path, out: Path) -> dict[str, A
     t_factory = time.time() - ts
     ckpt, record = rd / "parser.pt", rd / "parser.inputs.json"
     ts = time.time()
-    inputs = finetune_inputs(cfg, r, current, rd / "dataset")
+    markers = complete_subjects(str(rd / "dataset"))  # read once: the inputs' shards and the label quality
+    inputs = finetune_inputs(cfg, r, current, markers)
     reuse, why = _reusable(ckpt, record, inputs)
     if reuse:
         print(f"[pipeline] round {r}: reusing {ckpt} (inputs {inputs['fingerprint']})")
@@ -186,7 +187,7 @@ def _round(cfg: PipelineConfig, r: int, current: Path, out: Path) -> dict[str, A
     return {"round": r, "labels_from": labels, "dataset": str(rd / "dataset"),
             "parser": str(rd / "parser_wise.pt" if wise else ckpt), "finetuned": str(ckpt), "wise_ft": wise,
             "samples": fsum["finalize"]["manifest_samples"], "subjects_complete": fsum["finalize"]["complete_subjects"],
-            "subjects_failed": fsum["subjects_failed"], "label_quality": label_quality(rd / "dataset"),
+            "subjects_failed": fsum["subjects_failed"], "label_quality": label_quality(markers),
             "factory_s": round(t_factory, 1), "finetune_s": round(time.time() - ts, 1)}
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from facegs.core.imageio import read_depth, read_labels
-from facegs.core.labels import IGNORE_INDEX, get_label_set
+from facegs.core.labels import CANONICAL, IGNORE_INDEX, get_label_set
 from facegs.core.manifest import SubjectManifest
 from facegs.headframe.estimate import estimate_head_frame
 from facegs.headframe.frame import HeadFrameConfig, frame_errors
@@ -130,7 +130,7 @@ def calibrate_profile(
     inside). The profile is the median distance per bin over the subjects, for the bins at least
     ``min_share`` of them have. Returned from chin to forehead, rounded to 0.1 mm.
     """
-    ls = get_label_set("celebamask19")
+    ls = get_label_set(CANONICAL)
     face = [ls.index(c) for c in PROFILE_CLASSES]
     c = np.asarray(centre, dtype=np.float64)
     bins = np.radians(np.arange(-max_deg, max_deg + 1e-9, step_deg))

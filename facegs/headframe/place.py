@@ -267,10 +267,10 @@ def _profile(surface: SurfacePoints, plane: SymmetryPlane | None, rig: HeadFrame
     if not cfg.profile or plane is None or rig is None:
         return None
     R0 = rig.world_from_head[:3, :3]
-    n = plane.normal if plane.normal @ R0[:, 0] >= 0 else -plane.normal
+    n, d = plane.towards(R0[:, 0])
     try:
-        return fit_profile(surface.points, n, plane.offset * float(n @ plane.normal), R0[:, 1],
-                           rig.world_from_head[:3, 3], width_scale(surface.points, n, TEMPLATE_FACE_WIDTH))
+        return fit_profile(surface.points, n, d, R0[:, 1], rig.world_from_head[:3, 3],
+                           width_scale(surface.points, n, TEMPLATE_FACE_WIDTH))
     except ValueError as e:
         diag["profile_error"] = str(e)
         return None
@@ -291,11 +291,11 @@ def _fuse(labels: HeadFrame | None, plane: SymmetryPlane | None, rig: HeadFrame 
     ref = T[:3, 0]
     if rig is not None and _axis_angle(ref, plane.normal) > cfg.max_label_vs_symmetry_deg:
         ref = rig.world_from_head[:3, 0]
-    n = plane.normal if plane.normal @ ref >= 0 else -plane.normal
+    n, offset = plane.towards(ref)
     lms = {k: np.asarray(v["position"]) for k, v in d["landmarks"].items() if k in d["used"]}
     try:
         wscale = width_scale(surface.points, n, TEMPLATE_FACE_WIDTH)
-        est, info = fit_with_fixed_x(lms, n, plane.offset * float(n @ plane.normal), hcfg.weights, hcfg,
+        est, info = fit_with_fixed_x(lms, n, offset, hcfg.weights, hcfg,
                                      max_scale=wscale * float(np.exp(cfg.max_landmark_spread_log)))
     except HeadFrameError as e:
         reasons.append(f"in-plane fit: {e}")
@@ -380,11 +380,10 @@ def _fallback(plane: SymmetryPlane | None, rig: HeadFrame | None, profile: Profi
     if profile is not None:
         n = np.cross(profile.up, profile.forward)
         return Estimate(np.stack([n, profile.up, profile.forward], axis=1), profile.origin), "profile+symmetry"
-    n = plane.normal if plane.normal @ R0[:, 0] >= 0 else -plane.normal
+    n, offset = plane.towards(R0[:, 0])
     up = R0[:, 1] - (R0[:, 1] @ n) * n
     up /= np.linalg.norm(up)
     R = np.stack([n, up, np.cross(n, up)], axis=1)
-    offset = plane.offset * float(n @ plane.normal)
     return Estimate(R, o0 - (o0 @ n - offset) * n), "cameras+symmetry"
 
 

@@ -38,6 +38,9 @@ from scipy.spatial import cKDTree
 from facegs.headframe.template import PROFILE
 
 _PROFILE = np.asarray(PROFILE, dtype=np.float64)  # [Q, 2] (y, z)
+_CENTRE = _PROFILE.mean(axis=0)
+_CENTRED = _PROFILE - _CENTRE  # the template about its centroid, and its spread, for every ICP step
+_SPREAD = float(np.sum(_CENTRED * _CENTRED))
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,13 @@ def _register(A: np.ndarray, tree: cKDTree, s0: float, phi: float, t: np.ndarray
     for _ in range(iters):
         _, j = tree.query(s * _PROFILE @ _rot(phi).T + t)
         Q = A[j]
-        mp, mq = _PROFILE.mean(axis=0), Q.mean(axis=0)
-        P0, Q0 = _PROFILE - mp, Q - mq
-        cov = P0.T @ Q0
+        mq = Q.mean(axis=0)
+        Q0 = Q - mq
+        cov = _CENTRED.T @ Q0
         phi_new = float(np.arctan2(cov[0, 1] - cov[1, 0], cov[0, 0] + cov[1, 1]))
         Rm = _rot(phi_new)
-        s_new = float(np.clip(np.sum((P0 @ Rm.T) * Q0) / np.sum(P0 * P0), lo, hi))
-        t_new = mq - s_new * Rm @ mp
+        s_new = float(np.clip(np.sum((_CENTRED @ Rm.T) * Q0) / _SPREAD, lo, hi))
+        t_new = mq - s_new * Rm @ _CENTRE
         converged = abs(phi_new - phi) < 1e-6 and float(np.linalg.norm(t_new - t)) < 1e-7 * s0
         phi, t, s = phi_new, t_new, s_new
         if converged:

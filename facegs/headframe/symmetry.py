@@ -52,6 +52,12 @@ class SymmetryPlane:
     residual: float
     n_points: int
 
+    def towards(self, ref: np.ndarray) -> tuple[np.ndarray, float]:
+        """The same plane as ``(n, d)`` with ``n . x = d`` and ``n`` on the side of ``ref`` [3] (a
+        normal has no sign; which side is the subject's left is the labels' or the rig's to say)."""
+        n = self.normal if self.normal @ ref >= 0 else -self.normal
+        return n, self.offset * float(n @ self.normal)
+
 
 def _rotation(axis: np.ndarray, deg: float) -> np.ndarray:
     a = axis / np.linalg.norm(axis)
