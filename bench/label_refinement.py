@@ -95,9 +95,26 @@ class Scores:
         self.hi_wrong = ConfusionMatrix(19)  # |yaw| >= 60
         self.binned = PoseBinnedEvaluator("celebamask19")
         self.ignored = self.fg = self.lr_wrong = self.lr_total = 0
+        # what the capture views saw (facegs.render.observed): truth foreground and right labels by the
+        # number of views that saw the rendered surface (0 / 1 / 2+), and the scores with the unseen
+        # pixels ignored as well (CleanupConfig.ignore_unobserved), both ways
+        self.by_views = {k: [0, 0] for k in ("0", "1", "2+")}
+        self.unobs_wrong, self.unobs_excl = ConfusionMatrix(19), ConfusionMatrix(19)
+        self.unobs_ignored = 0
 
-    def update(self, labels: np.ndarray, ignore: np.ndarray, gt: np.ndarray, yaw: float, pitch: float) -> None:
+    def update(self, labels: np.ndarray, ignore: np.ndarray, gt: np.ndarray, yaw: float, pitch: float,
+               observed: np.ndarray | None = None) -> None:
         shown = np.where(ignore, 255, labels).astype(np.uint8)
+        if observed is not None:
+            fg_ = gt > 0
+            right = shown == gt
+            for k, sel in (("0", observed == 0), ("1", observed == 1), ("2+", observed >= 2)):
+                self.by_views[k][0] += int((fg_ & sel).sum())
+                self.by_views[k][1] += int((fg_ & sel & right).sum())
+            ign2 = ignore | ((observed == 0) & (labels > 0))
+            self.unobs_wrong.update(np.where(ign2, 255, labels).astype(np.uint8), gt)
+            self.unobs_excl.update(labels, np.where(ign2, 255, gt))
+            self.unobs_ignored += int((ign2 & fg_).sum())
         self.wrong.update(shown, gt)
         self.excl.update(labels, np.where(ignore, 255, gt))
         if abs(yaw) >= 60:
@@ -118,7 +135,14 @@ class Scores:
                 "gt_pixels": {LS.classes[k]: int(n) for k, n in enumerate(self.wrong.matrix.sum(1)) if n},
                 "ignore_fraction": self.ignored / max(self.fg, 1),
                 "lr_wrong_fraction": self.lr_wrong / max(self.lr_total, 1), "lr_sided_pixels": self.lr_total,
-                "pose_state": self.binned.state_dict()}
+                "pose_state": self.binned.state_dict(),
+                "observed": {"fg_px_by_views": {k: v[0] for k, v in self.by_views.items()},
+                             "right_px_by_views": {k: v[1] for k, v in self.by_views.items()},
+                             "ignore_unobserved": {
+                                 "miou": self.unobs_wrong.miou(), "miou_ignore_excluded": self.unobs_excl.miou(),
+                                 "ignore_fraction": self.unobs_ignored / max(self.fg, 1),
+                                 "iou_per_class": {LS.classes[k]: float(v) for k, v in
+                                                   enumerate(self.unobs_wrong.iou_per_class()) if np.isfinite(v)}}}}
 
 
 def high_yaw_truth_classes(rec: dict) -> tuple[float, dict[str, int]]:
@@ -169,7 +193,7 @@ def score(views, cams, T: np.ndarray, gts: list[dict]) -> dict:
     s = Scores()
     for rv, (w2c, _), g in zip(views, cams, gts):
         yaw, pitch, _ = w2c_to_head_pose(w2c, T)
-        s.update(rv.labels, rv.ignore, g["labels"], yaw, pitch)
+        s.update(rv.labels, rv.ignore, g["labels"], yaw, pitch, rv.observed)
     return s.summary()
 
 
@@ -225,7 +249,7 @@ def run_fit(rig: str, seed: int, arm: str, a: argparse.Namespace, parser) -> dic
     grid_cams = cameras_for_poses(np.array([(y, p, 0.0) for p in PITCHES for y in YAWS]), T, dist, (W, H, focal))
     grid_gts = synth_render(params_h, [(K, w2c, W, H) for w2c, K in grid_cams], T, bg)
     grid_views = list(render_novel_views(r.params, grid_cams, W, H, r.head_frame.world_from_head, cfg.fit,
-                                         r.cleanup, progress=False))
+                                         r.cleanup, progress=False, captures=r.captures))
     grid = score(grid_views, grid_cams, T, grid_gts)
     hd = r.head_frame.diagnostics
     rec = {"rig": rig, "seed": seed, "arm": arm, "labels": spec, "fit_s": round(t_fit, 1),
@@ -356,6 +380,39 @@ def report(a: argparse.Namespace) -> str:
             cells.append(pct(per_class[f"{rig}/{c}"]))
         if rs:
             lines.append(f"| {rig} | " + " | ".join(cells) + " |")
+    # what the capture views saw: the labels' accuracy where 0 / 1 / 2+ views saw the rendered surface
+    obs = [r for r in recs if "observed" in r["user"]]
+    if obs:
+        lines += ["", "What the capture views saw (facegs.render.observed), user renders: share of the truth foreground "
+                  "by the number of capture views that saw the rendered surface, the labels' pixel accuracy there "
+                  "(ignore counted as wrong), and the scores with the unseen pixels ignored too "
+                  "(`--ignore-unobserved`; mIoU ignore counted as wrong / excluded):", "",
+                  "| rig | arm | fits | unseen % | right % unseen / 1 view / 2+ | mIoU | with --ignore-unobserved | "
+                  "mIoU ignore excl. | with --ignore-unobserved | ignore % | with --ignore-unobserved |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        by_o: dict[tuple[str, str], list[dict]] = {}
+        for r in obs:
+            by_o.setdefault((r["rig"], r["arm"]), []).append(r)
+        for rig in RIGS:
+            for arm in ARMS:
+                rs = by_o.get((rig, arm))
+                if not rs:
+                    continue
+                fgv = {k: sum(r["user"]["observed"]["fg_px_by_views"][k] for r in rs) for k in ("0", "1", "2+")}
+                okv = {k: sum(r["user"]["observed"]["right_px_by_views"][k] for r in rs) for k in ("0", "1", "2+")}
+                iu = [r["user"]["observed"]["ignore_unobserved"] for r in rs]
+                m = lambda xs: float(np.mean(xs))  # noqa: E731
+                row = {"unseen": fgv["0"] / max(sum(fgv.values()), 1),
+                       "right": {k: okv[k] / fgv[k] if fgv[k] else None for k in fgv},
+                       "miou": m([r["user"]["miou"] for r in rs]), "miou_iu": m([x["miou"] for x in iu]),
+                       "excl": m([r["user"]["miou_ignore_excluded"] for r in rs]),
+                       "excl_iu": m([x["miou_ignore_excluded"] for x in iu]),
+                       "ignore": m([r["user"]["ignore_fraction"] for r in rs]), "ignore_iu": m([x["ignore_fraction"] for x in iu])}
+                table.setdefault(f"{rig}/{arm}", {})["observed"] = row
+                lines.append(f"| {rig} | {arm} | {len(rs)} | {pct(row['unseen'])} | "
+                             + " / ".join(pct(row["right"][k]) for k in ("0", "1", "2+"))
+                             + f" | {pct(row['miou'])} | {pct(row['miou_iu'])} | {pct(row['excl'])} | "
+                             f"{pct(row['excl_iu'])} | {pct(row['ignore'])} | {pct(row['ignore_iu'])} |")
     # the label-free frames the fallback can use, on every fit (whatever its source)
     lf = [r["head_frame"].get("label_free") or {} for r in recs]
     lf = [x for x in lf if "profile_deg" in x]
@@ -379,7 +436,7 @@ def report(a: argparse.Namespace) -> str:
     rho = _spearman(q, true)
     term_rho = {k: _spearman([float(r["quality"][k]) for r in recs], true)
                 for k in ("consensus_confidence", "consensus_margin", "input_miou", "psnr", "head_frame_reliability",
-                          "ignore_fraction", "face_parts")
+                          "ignore_fraction", "face_parts", "unobserved_fraction")
                 if all(r["quality"].get(k) is not None for r in recs)}
     # side by side: the score as it was before face_parts joined it
     term_rho["quality_without_face_parts"] = _spearman([combine({**r["quality"], "face_parts": 1.0}) for r in recs],

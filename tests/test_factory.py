@@ -199,8 +199,10 @@ def test_done_marker_holds_quality_and_head_frame(small_ds):
     marker = json.loads((small_ds / "subjects" / "g0.json").read_text())
     q = marker["quality"]
     assert {"quality", "input_miou", "input_iou", "consensus_confidence", "consensus_margin",
-            "head_frame_reliability", "ignore_fraction", "psnr", "face_parts", "unsupported_relabelled_fraction"} <= set(q)
+            "head_frame_reliability", "ignore_fraction", "psnr", "face_parts", "unsupported_relabelled_fraction",
+            "unobserved_fraction"} <= set(q)
     assert 0.0 <= q["unsupported_relabelled_fraction"] < 0.2
+    assert 0.0 <= q["unobserved_fraction"] < 0.5  # a dense synthetic rig saw most of what the probe renders show
     assert 0.0 <= q["consensus_margin"] <= 1.0 and 0.0 <= q["face_parts"] <= 1.0
     assert 0.0 <= q["quality"] <= 1.0 and q["input_iou"]["skin"] > 0.5
     hf = marker["head_frame"]
@@ -229,6 +231,23 @@ def test_the_support_rule_is_on_by_default_and_reaches_every_entry_point():
     register(p.add_subparsers())
     assert config_from_args(p.parse_args(["refine", "s", "--out", "o"])).support.enabled
     assert not config_from_args(p.parse_args(["refine", "s", "--out", "o", "--no-relabel-unsupported"])).support.enabled
+
+
+def test_ignore_unobserved_is_off_by_default_and_reaches_every_entry_point():
+    """--ignore-unobserved (facegs.render.observed) reaches the factory's and `facegs refine`'s
+    clean-up; it is part of the factory config (and so of its hash)."""
+    import argparse
+
+    from facegs.cli.refine import config_from_args, register
+    from facegs.factory.config import FactoryConfig, config_hash
+
+    assert not FactoryConfig().refine(0).cleanup_cfg.ignore_unobserved
+    on = FactoryConfig(ignore_unobserved=True)
+    assert on.refine(0).cleanup_cfg.ignore_unobserved and config_hash(on) != config_hash(FactoryConfig())
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers())
+    assert not config_from_args(p.parse_args(["refine", "s", "--out", "o"])).cleanup_cfg.ignore_unobserved
+    assert config_from_args(p.parse_args(["refine", "s", "--out", "o", "--ignore-unobserved"])).cleanup_cfg.ignore_unobserved
 
 
 def test_quality_score_combines_its_terms():
@@ -276,6 +295,8 @@ def test_renders_carry_their_alpha(small_ds):
         dark = s["rgb"][empty].astype(float)
         assert dark.mean() < 1.0 and dark.max() <= 24  # premultiplied over black (JPEG ringing at edges)
         assert (s["seg"][a < 0.5] == 0).mean() > 0.95
+        # each render says which share of its labelled pixels no capture view saw (facegs.render.observed)
+        assert 0.0 <= s["meta"]["unobserved_fraction"] <= 1.0, s["__key__"]
 
 
 def test_finalize_drops_a_half_committed_subject(small_ds, tmp_path):

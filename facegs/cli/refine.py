@@ -17,6 +17,7 @@ from facegs.factory.subject import RefineConfig, refine_subject
 from facegs.fit.config import PRESETS, FitConfig, fit_config
 from facegs.fit.support import SupportConfig
 from facegs.headframe.place import PlacementConfig
+from facegs.render.cleanup import CleanupConfig
 from facegs.render.views import NovelViewConfig
 from facegs.splat.rasterize import BACKENDS
 
@@ -47,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_options(g, RefineConfig, fields=("cleanup", "seed"), prefix="refine.")
     add_options(g, PlacementConfig, fields=("policy",), prefix="head_frame.")
     add_options(g, SupportConfig, fields=("enabled", "drop_isolated"), prefix="support.")
+    add_options(g, CleanupConfig, fields=("ignore_unobserved",), prefix="cleanup.")
     r = p.add_argument_group("run")
     r.add_argument("--backend", default="auto", choices=list(BACKENDS), help="rasterizer")
     r.add_argument("--device", default="auto", help="torch device (default: cuda when available, else cpu)")
@@ -61,7 +63,8 @@ def config_from_args(a: argparse.Namespace) -> RefineConfig:
     views = from_namespace(NovelViewConfig, a, prefix="views.")
     return RefineConfig(**dataclasses.asdict(views), fit=fit, **ref,
                         head_frame=from_namespace(PlacementConfig, a, prefix="head_frame."),
-                        support=from_namespace(SupportConfig, a, prefix="support."))
+                        support=from_namespace(SupportConfig, a, prefix="support."),
+                        cleanup_cfg=from_namespace(CleanupConfig, a, prefix="cleanup."))
 
 
 def run(a: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from facegs.fit.config import PRESETS, FitConfig, fit_config
 from facegs.fit.support import SupportConfig
 from facegs.headframe.place import PlacementConfig
 from facegs.label.noise import parse_noise_spec
+from facegs.render.cleanup import CleanupConfig
 from facegs.render.views import NovelViewConfig
 
 LABEL_SOURCES = ("existing", "parser", "noise")
@@ -58,6 +59,7 @@ class FactoryConfig(NovelViewConfig):
         "with the reason instead of being shipped (0 = keep every subject; the score is in every done marker)"))
     head_frame_policy: str = field(default="fallback", metadata=PlacementConfig.__dataclass_fields__["policy"].metadata)
     relabel_unsupported: bool = field(default=True, metadata=SupportConfig.__dataclass_fields__["enabled"].metadata)
+    ignore_unobserved: bool = field(default=False, metadata=CleanupConfig.__dataclass_fields__["ignore_unobserved"].metadata)
     allow_external_paths: bool = field(default=False, metadata=opt(
         "read manifest paths outside a subject's directory (absolute, '..', links out); by default such a subject "
         "fails. Not part of the config hash: it decides which subjects may be read, not their samples"))
@@ -91,7 +93,8 @@ class FactoryConfig(NovelViewConfig):
         views = {f.name: getattr(self, f.name) for f in fields(NovelViewConfig)}
         return RefineConfig(**views, fit=self.fit(subject_seed), seed=subject_seed % (2**31),
                             head_frame=PlacementConfig(policy=self.head_frame_policy),
-                            support=SupportConfig(enabled=self.relabel_unsupported))
+                            support=SupportConfig(enabled=self.relabel_unsupported),
+                            cleanup_cfg=CleanupConfig(ignore_unobserved=self.ignore_unobserved))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

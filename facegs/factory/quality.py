@@ -15,6 +15,10 @@ silently), from what the factory has anyway:
 - ``head_frame_reliability``: :func:`facegs.headframe.place.place_head_frame`'s reliability;
 - ``ignore_fraction``: the fraction of the rendered foreground that the clean-up ignores, over
   ``probe_views`` of the subject's novel views;
+- ``unobserved_fraction``: the share of the rendered foreground, over the same views, whose surface
+  no capture view saw (:mod:`facegs.render.observed`): labels the fit guessed. Reported, not part of
+  ``quality``: it measures the rig's coverage of the sampled poses more than the subject, and the
+  renders' samples carry it per view;
 - ``psnr``: the fit's PSNR at the capture views (when the fit evaluated itself);
 - ``face_parts``: the share of the six parts every face shows, found as landmarks on the visible
   labelled surface by the head-frame placement (``landmarks_found``): left eye, right eye (either
@@ -102,6 +106,19 @@ def ignore_fraction(views: Sequence[RenderedView]) -> float | None:
         fg += int(f.sum())
         ign += int((rv.ignore & f).sum())
     return round(ign / fg, 4) if fg else None
+
+
+def unobserved_share(views: Sequence[RenderedView]) -> float | None:
+    """Share of the rendered foreground (labels > 0) over ``views`` whose surface no capture view saw
+    (None: not measured or no foreground)."""
+    unseen = fg = 0
+    for rv in views:
+        if rv.observed is None:
+            return None
+        f = rv.labels > 0
+        fg += int(f.sum())
+        unseen += int((f & (rv.observed == 0)).sum())
+    return round(unseen / fg, 4) if fg else None
 
 
 # parts every face shows, each a group of landmark names any one of which counts (glasses hide the eyes)

@@ -49,7 +49,7 @@ from facegs.core.labels import CANONICAL
 from facegs.core.manifest import SubjectManifest, View, save_manifest
 from facegs.core.options import opt
 from facegs.core.storage import atomic_directory
-from facegs.factory.quality import PROBE_VIEWS, combine, face_parts, ignore_fraction, input_agreement
+from facegs.factory.quality import PROBE_VIEWS, combine, face_parts, ignore_fraction, input_agreement, unobserved_share
 from facegs.fit.config import FitConfig
 from facegs.fit.data import ViewData, load_view_data
 from facegs.fit.loop import FitResult, fit_subject
@@ -57,7 +57,7 @@ from facegs.fit.support import SupportConfig, label_votes, relabel_unsupported
 from facegs.headframe.frame import HeadFrame
 from facegs.headframe.place import PlacementConfig, capture_views, place_head_frame
 from facegs.headframe.sides import SIDED_SOURCES, SideConfig, enforce_sides
-from facegs.headframe.visible import render_capture_views
+from facegs.headframe.visible import ViewRender, render_capture_views
 from facegs.ingest.validate import load_subject
 from facegs.label.views import ViewLabels
 from facegs.render.cleanup import CleanupConfig
@@ -105,6 +105,7 @@ class RefinedSubject:
     backend: str = "auto"
     quality: dict[str, Any] = field(default_factory=dict)  # facegs.factory.quality terms + "quality"
     probe: list[RenderedView] = field(default_factory=list)  # the first novel views, rendered for the quality
+    captures: list[ViewRender] | None = None  # the capture views' renders: what each novel pixel's surface was seen by
 
     @property
     def cleanup(self) -> CleanupConfig | None:
@@ -128,7 +129,8 @@ class RefinedSubject:
         """The rendered, cleaned novel views, in camera order (the probe views are not rendered twice)."""
         yield from self.probe
         rest = render_novel_views(self.params, self.cameras[len(self.probe):], self.width, self.height,
-                                  self.head_frame.world_from_head, self.cfg.fit, self.cleanup, self.backend, progress)
+                                  self.head_frame.world_from_head, self.cfg.fit, self.cleanup, self.backend, progress,
+                                  self.captures)
         for k, rv in enumerate(rest, start=len(self.probe)):
             rv.view_id = f"render_{k:03d}"
             yield rv
@@ -141,7 +143,8 @@ class RefinedSubject:
             meta = sample_meta(self.manifest.subject_id, i, source="render", width=self.width, height=self.height,
                                pose=(rv.pose["yaw"], rv.pose["pitch"], rv.pose["roll"]), K=rv.K,
                                world_to_camera=rv.w2c, world_from_head=T, rgb_format=rgb_format,
-                               config_hash=config_hash, fit_metrics=metrics)
+                               config_hash=config_hash, fit_metrics=metrics,
+                               unobserved_fraction=rv.unobserved_fraction)
             yield Sample(rgb=rv.rgb, seg=rv.labels, conf=rv.confidence, ignore=rv.ignore, meta=meta,
                          alpha=rv.alpha if store_alpha else None)
 
@@ -178,11 +181,12 @@ def place(m: SubjectManifest, cfg: RefineConfig, fit: FitResult, *, labels: Mapp
         params, side_stats = enforce_sides(params, hf.world_from_head, cfg.sides)
         hf.diagnostics["sides"] = side_stats
     cams, width, height = novel_cameras(m, hf.world_from_head, cfg, cfg.seed, poses)
-    r = RefinedSubject(m, cfg, fit, params, hf, source, cams, width, height, backend)
+    r = RefinedSubject(m, cfg, fit, params, hf, source, cams, width, height, backend, captures=renders)
     r.probe = list(render_novel_views(params, cams[:PROBE_VIEWS], width, height, hf.world_from_head, cfg.fit, r.cleanup,
-                                      backend, progress=False))
+                                      backend, progress=False, captures=renders))
     psnr = (fit.summary.get("eval") or {}).get("psnr")
     r.quality = {**input_agreement(m, renders, labels), "ignore_fraction": ignore_fraction(r.probe),
+                 "unobserved_fraction": unobserved_share(r.probe),
                  "head_frame_reliability": hf.diagnostics.get("reliability"),
                  "face_parts": face_parts(hf.diagnostics.get("landmarks_found")),
                  "psnr": None if psnr is None else round(float(psnr), 4),

@@ -44,7 +44,9 @@ Outputs:
   coverage at silhouettes) OR ``confidence < conf_threshold`` OR the final label leads the
   runner-up by less than ``ignore_margin`` OR changed by steps 3-4 (when ``ignore_changed``, off by
   default) OR changed by step 5 (when ``ignore_lr_changed``, off by default: the geometric check is
-  trusted). Only what is really uncertain is ignored: a trainer gets labels, not holes.
+  trusted) OR, with ``ignore_unobserved`` (off by default), no capture view saw the pixel's surface
+  (:mod:`facegs.render.observed`; applied by :func:`facegs.render.views.render_novel_views`, which
+  has the depth). Only what is really uncertain is ignored: a trainer gets labels, not holes.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ import numpy as np
 
 from facegs.core.cameras import head_pose_to_w2c, w2c_to_head_pose
 from facegs.core.labels import CANONICAL, get_label_set
+from facegs.core.options import opt
 from facegs.render.components import fill_background_holes, fill_islands, remove_small_components
 
 FACE_PARTS = ("l_brow", "r_brow", "l_eye", "r_eye", "nose", "mouth", "u_lip", "l_lip", "l_ear", "r_ear")
@@ -105,12 +108,20 @@ class CleanupConfig:
     # than not: they are labelled, not ignored
     ignore_changed: bool = False
     ignore_lr_changed: bool = False
+    # pixels of a render no capture view saw (facegs.render.observed): counted always, ignored on request
+    ignore_unobserved: bool = field(default=False, metadata=opt(
+        "also ignore the pixels of a render whose surface no capture view saw (facegs.render.observed: the chest "
+        "below a frontal rig's frames, the back of the head): their labels are the fit's guess. Off: they are "
+        "labelled, and every sample's json says which share they are (unobserved_fraction)"))
+    observed_depth_tol: float = 0.02  # relative depth agreement for a capture view to have seen a pixel's surface
 
     def __post_init__(self) -> None:
         if self.input_kind not in ("probs", "logits", "auto"):
             raise ValueError(f"input_kind must be 'probs', 'logits' or 'auto', got '{self.input_kind}'")
         if not 0.0 <= self.alpha_threshold <= 1.0:
             raise ValueError(f"alpha_threshold must be in [0, 1], got {self.alpha_threshold}")
+        if not self.observed_depth_tol > 0:
+            raise ValueError(f"observed_depth_tol must be > 0, got {self.observed_depth_tol}")
 
 
 @dataclass

@@ -56,12 +56,14 @@ def sample_key(subject_id: str, view_index: int) -> str:
 def sample_meta(subject_id: str, view_index: int, *, source: str, width: int, height: int,
                 pose: tuple[float, float, float], K: np.ndarray, world_to_camera: np.ndarray,
                 world_from_head: np.ndarray | None, rgb_format: str, config_hash: str,
-                fit_metrics: dict[str, Any] | None = None, label_set: str = CANONICAL) -> dict[str, Any]:
+                fit_metrics: dict[str, Any] | None = None, label_set: str = CANONICAL,
+                unobserved_fraction: float | None = None) -> dict[str, Any]:
     """The ``json`` member of a sample (``schemas/shard_sample.schema.json``, version
     :data:`SCHEMA_VERSION`): built here only, for renders (``source="render"``, with the subject's
     ``fit_metrics``) and capture views (``source="capture"``). ``pose`` = (yaw, pitch, roll) degrees
     in the head frame, rounded to 6 decimals; ``K`` [3, 3], ``world_to_camera`` [4, 4] (OpenCV),
-    ``world_from_head`` [4, 4] or None."""
+    ``world_from_head`` [4, 4] or None. ``unobserved_fraction`` (renders): the share of the sample's
+    labelled foreground whose surface no capture view saw (:mod:`facegs.render.observed`)."""
     ls = get_label_set(label_set)
     yaw, pitch, roll = (round(float(a), 6) for a in pose)
     meta: dict[str, Any] = {
@@ -75,6 +77,8 @@ def sample_meta(subject_id: str, view_index: int, *, source: str, width: int, he
     }
     if fit_metrics is not None:
         meta["fit_metrics"] = fit_metrics
+    if unobserved_fraction is not None:
+        meta["unobserved_fraction"] = round(float(unobserved_fraction), 6)
     return meta
 
 

@@ -70,7 +70,8 @@ BACKGROUND_CLASS = 0  # "background" in celebamask19
 def render_rgb_labels(params: Params, viewmats: Tensor, Ks: Tensor, width: int, height: int, bg_rgb: Tensor, *,
            sh_degree: int | None = None, label_mode: str = "probs", label_background: bool = True,
            label_bg_logit: float = 10.0, label_grad_to_geometry: bool = True, with_labels: bool = True,
-           backend: str = "auto", tile_size: int | None = None) -> tuple[Tensor, Tensor | None, Tensor, dict]:
+           backend: str = "auto", tile_size: int | None = None,
+           with_depth: bool = False) -> tuple[Tensor, Tensor | None, Tensor, dict]:
     """Render RGB and label channels of B views in one differentiable rasterize call.
 
     Args: ``viewmats`` [B, 4, 4], ``Ks`` [B, 3, 3], ``bg_rgb`` [B, 3].
@@ -78,6 +79,8 @@ def render_rgb_labels(params: Params, viewmats: Tensor, Ks: Tensor, width: int, 
     :func:`facegs.splat.rgb_labels.label_probs`; None without labels), ``alpha`` [B, H, W, 1] and the
     rasterizer's ``meta`` (for the densification strategy). With ``label_grad_to_geometry=False``
     the label channels carry gradient to the logits only, in the same call (module docstring).
+    With ``with_depth`` the same call also renders the expected camera z (``RGB+ED``), returned as
+    ``meta["depth"]`` [B, H, W, 1] (needs ``label_grad_to_geometry``: the split call renders RGB only).
     """
     means, quats, scales, opac = activated(params)
     B = viewmats.shape[0]
@@ -85,8 +88,13 @@ def render_rgb_labels(params: Params, viewmats: Tensor, Ks: Tensor, width: int, 
     ts = tile_size or DEFAULT_TILE_SIZE[backend]
     rasterize = functools.partial(_rasterize, width=width, height=height, backend=backend, tile_size=ts)
     rgb_c = sh_colors(params, viewmats, sh_degree)  # [B, N, 3]
+    if with_depth and with_labels and not label_grad_to_geometry:
+        raise ValueError("with_depth needs label_grad_to_geometry=True (one RGB+ED call)")
+    mode = "RGB+ED" if with_depth else "RGB"
     if not with_labels:
-        out, alpha, meta = rasterize(means, quats, scales, opac, rgb_c, viewmats, Ks, backgrounds=bg_rgb)
+        out, alpha, meta = rasterize(means, quats, scales, opac, rgb_c, viewmats, Ks, backgrounds=bg_rgb, render_mode=mode)
+        if with_depth:
+            meta["depth"], out = out[..., -1:], out[..., :-1]
         return out, None, alpha, meta
     lab_c = label_colors(params["logits"], label_mode)  # [N, K]
     K = lab_c.shape[-1]
@@ -94,5 +102,7 @@ def render_rgb_labels(params: Params, viewmats: Tensor, Ks: Tensor, width: int, 
                                 label_bg_logit, device=bg_rgb.device).expand(B, K)
     cols = torch.cat([rgb_c, lab_c[None].expand(B, -1, -1)], dim=-1)
     out, alpha, meta = rasterize(means, quats, scales, opac, cols, viewmats, Ks, backgrounds=torch.cat([bg_rgb, bg_lab], -1),
-                                 geometry_grad_channels=None if label_grad_to_geometry else 3)  # fmt: skip
+                                 geometry_grad_channels=None if label_grad_to_geometry else 3, render_mode=mode)  # fmt: skip
+    if with_depth:
+        meta["depth"], out = out[..., -1:], out[..., :-1]
     return out[..., :3], out[..., 3:], alpha, meta
