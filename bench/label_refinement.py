@@ -24,6 +24,9 @@ Per-fit records are cached under ``bench/out/label_refinement/fits/`` (a rerun s
 the fitted scenes under ``scenes/`` (``--rescore`` redoes everything after the fit on them: head frame,
 left/right side rule, renders, scores);
 ``--report`` writes summary.md, summary.json and plots (F1 by |yaw| per rig, quality vs true mIoU).
+An experiment on the fit's options runs into its own root, e.g.
+``--fit-override label_grad_to_geometry=true consensus_outliers=true --out bench/out/label_refinement_co``
+(each record keeps its overrides; ``--report --out`` that root scores it like the default's).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from facegs.evaluate.plots import plot_f1_vs_yaw  # noqa: E402
 from facegs.factory.config import FactoryConfig  # noqa: E402
 from facegs.factory.quality import combine  # noqa: E402
 from facegs.factory.subject import place  # noqa: E402
+from facegs.fit.config import FitConfig  # noqa: E402
 from facegs.fit.loop import FitResult, fit_subject  # noqa: E402
 from facegs.headframe.estimate import estimate_head_frame  # noqa: E402
 from facegs.label.views import initial_labels  # noqa: E402
@@ -215,6 +219,8 @@ def run_fit(rig: str, seed: int, arm: str, a: argparse.Namespace, parser) -> dic
     cfg = fc.refine(seed)
     if a.keep_isolated_label_pixels:  # the ablation of SupportConfig.drop_isolated (side by side with --rescore)
         cfg = dataclasses.replace(cfg, support=dataclasses.replace(cfg.support, drop_isolated=False))
+    if a.fit_override:  # an experiment on the fit's options (its own --out: the records say which)
+        cfg = dataclasses.replace(cfg, fit=dataclasses.replace(cfg.fit, **a.fit_override))
     t0 = time.perf_counter()
     labels = initial_labels(m, "parser:x" if spec == "parser" else fc.labels, parser=parser, flip_tta=True, seed=seed)
     # the fitted scene is kept (scenes/NAME.pt): --rescore reruns everything after the fit on it
@@ -252,7 +258,7 @@ def run_fit(rig: str, seed: int, arm: str, a: argparse.Namespace, parser) -> dic
                                          r.cleanup, progress=False, captures=r.captures))
     grid = score(grid_views, grid_cams, T, grid_gts)
     hd = r.head_frame.diagnostics
-    rec = {"rig": rig, "seed": seed, "arm": arm, "labels": spec, "fit_s": round(t_fit, 1),
+    rec = {"rig": rig, "seed": seed, "arm": arm, "labels": spec, "fit_override": a.fit_override, "fit_s": round(t_fit, 1),
            "fit_eval": r.fit.summary.get("eval"), "n_gaussians": r.fit.summary.get("n_gaussians"),
            "head_frame": {"error_deg": err, "source": r.head_frame_source, "reliability": hd.get("reliability"),
                           "checks": hd.get("checks"), "reasons": hd.get("reasons"),
@@ -509,6 +515,71 @@ def _scatter(q: list[float], true: list[float], arms: list[str], path: Path, rho
     fig.savefig(path)
 
 
+def compare(base: Path, alt: Path) -> str:
+    """Side by side: the fits of ``alt`` (an experiment's root) against the same fits (rig, seed, arm)
+    of ``base``, per rig x arm: means of both and of their difference. Writes ``alt/compare.json``."""
+    def load(root: Path) -> dict:
+        return {p.stem: json.loads(p.read_text()) for p in sorted((root / "fits").glob("*.json"))}
+
+    b, x = load(base), load(alt)
+    common = [k for k in x if k in b and "user" in x[k] and "user" in b[k]]
+    if not common:
+        raise SystemExit(f"no fit of {alt} has a scored counterpart in {base}")
+
+    def terms(r: dict) -> dict:
+        u = r["user"]
+        return {"user mIoU": 100 * u["miou"], "user 60-90": 100 * u["miou_60_90"], "grid mIoU": 100 * r["grid"]["miou"],
+                "ignore %": 100 * u["ignore_fraction"], "head frame deg": r["head_frame"]["error_deg"],
+                "quality": r["quality"]["quality"]}
+
+    keys = list(terms(x[common[0]]))
+    groups: dict[tuple[str, str], list[str]] = {}
+    for k in common:
+        groups.setdefault((x[k]["rig"], x[k]["arm"]), []).append(k)
+    order = {r: i for i, r in enumerate(RIGS)} | {a: i for i, a in enumerate(ARMS)}
+    lines = [f"{alt} against {base} (fit overrides {x[common[0]].get('fit_override')}), same fits; "
+             "each cell: base -> experiment (mean over fits)", "",
+             "| rig | arm | fits | " + " | ".join(keys) + " |", "|---|---|---:|" + "---:|" * len(keys)]
+    table = {}
+    for (rig, arm), ks in sorted(groups.items(), key=lambda g: (order[g[0][0]], order[g[0][1]])):
+        tb = {t: float(np.mean([terms(b[k])[t] for k in ks])) for t in keys}
+        tx = {t: float(np.mean([terms(x[k])[t] for k in ks])) for t in keys}
+        table[f"{rig}/{arm}"] = {"fits": ks, "base": tb, "experiment": tx}
+        fmt = {t: ("{:.3f}" if t == "quality" else "{:.1f}") for t in keys}
+        lines.append(f"| {rig} | {arm} | {len(ks)} | " + " | ".join(
+            f"{fmt[t].format(tb[t])} -> {fmt[t].format(tx[t])}" for t in keys) + " |")
+    cls = sorted({c for k in common for c in x[k]["user"]["iou_per_class"]} & set(LS.classes[1:]))
+    per_class = {}
+    for c in cls:  # classes with >= 500 truth pixels in a fit, clean arm only (the goal's measure)
+        ks = [k for k in common if x[k]["arm"] == "clean" and x[k]["user"]["gt_pixels"].get(c, 0) >= 500]
+        if ks:
+            per_class[c] = {r: (float(np.mean([100 * b[k]["user"]["iou_per_class"][c] for k in ks if b[k]["rig"] == r])),
+                                float(np.mean([100 * x[k]["user"]["iou_per_class"][c] for k in ks if x[k]["rig"] == r])))
+                            for r in RIGS if any(x[k]["rig"] == r for k in ks)}
+    lines += ["", "Per-class IoU of the user renders with clean labels (classes >= 500 truth px in a fit), base -> experiment:",
+              "", "| class | " + " | ".join(RIGS) + " |", "|---|" + "---:|" * len(RIGS)]
+    for c, v in per_class.items():
+        lines.append(f"| {c} | " + " | ".join(f"{v[r][0]:.1f} -> {v[r][1]:.1f}" if r in v else "-" for r in RIGS) + " |")
+    (alt / "compare.json").write_text(json.dumps({"base": str(base), "experiment": str(alt), "table": table,
+                                                  "per_class_clean": per_class}, indent=1))
+    return "\n".join(lines)
+
+
+def parse_fit_overrides(p: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``FIELD=JSON`` strings -> {field: value}; an unknown field or a value that is not JSON is a usage error."""
+    known = {f.name for f in dataclasses.fields(FitConfig)}
+    out = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not sep or k not in known:
+            p.error(f"--fit-override {it!r}: want FIELD=JSON with FIELD one of FitConfig's fields")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError as e:
+            p.error(f"--fit-override {it!r}: the value is not JSON ({e})")
+    return out
+
+
 def main() -> int:
     global OUT
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -526,12 +597,23 @@ def main() -> int:
                    help="redo everything after the fit (head frame, side rule, renders, scores) on the kept scenes")
     p.add_argument("--keep-isolated-label-pixels", action="store_true",
                    help="ablation: isolated label pixels vote in the label-support rule (facegs.fit.support)")
+    p.add_argument("--compare", metavar="BASE_ROOT",
+                   help="side by side: the fits under --out against the same fits under BASE_ROOT (e.g. the "
+                        "default's, bench/out/label_refinement); prints a table, writes --out/compare.json")
+    p.add_argument("--fit-override", nargs="+", default=[], metavar="FIELD=JSON",
+                   help="experiment: FitConfig fields other than the defaults, e.g. label_grad_to_geometry=true "
+                        "(use its own --out; each record keeps the overrides)")
     a = p.parse_args()
+    a.fit_override = parse_fit_overrides(p, a.fit_override)
+    if a.fit_override and Path(a.out) == OUT:
+        p.error("--fit-override needs its own --out (the default's records and scenes are the defaults')")
     OUT = Path(a.out)
     if a.rig:
         run(a.rig, a)
     if a.report:
         print(report(a))
+    if a.compare:
+        print(compare(Path(a.compare), OUT))
     return 0
 
 

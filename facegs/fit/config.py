@@ -68,6 +68,9 @@ class FitConfig:
     label_background: bool = True  # composite the background class with the transmittance
     # False: noisy labels must not drag the geometry (measured with base-parser labels, both rigs:
     # +8..+24 mIoU at |yaw| >= 75 and a 6 deg instead of 34 deg head frame; docs/benchmarks.md)
+    # Remeasured on the 69 label-refinement fits with the robust head frame (with consensus_outliers):
+    # the base parser's labels lose 2-6 mIoU at |yaw| 60-90 with it on, exact labels gain 6-13
+    # (docs/benchmarks.md, "Experiment, not adopted"): on for labels a user trusts, off for a parser's.
     label_grad_to_geometry: bool = field(default=False, metadata=opt(
         "let the label loss move the geometry too (default: it updates the class logits only)",
         flag="--label-grad-geometry"))

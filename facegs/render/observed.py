@@ -5,7 +5,7 @@ the chest below its frames' lower edge, the underside of the chin or the back of
 render at pitch -40 or yaw 90 shows them: the Gaussians there hold whatever the optimiser left
 (unconstrained depth, colour and class), and their labels are guesses. In the label-refinement
 benchmark's user renders (clean labels) 8.6-11.2% of the truth foreground is such surface on the
-frontal 8-view arc, 2.8-3.8% on nersemble and 0.3-0.5% on facescape; its labels are 61-67% right on
+frontal 8-view arc, 2.8-3.8% on nersemble and 0.3-0.5% on facescape; its labels are 66-67% right on
 the arc, against 95% on the surface two or more views saw (docs/benchmarks.md, "What the capture
 views saw").
 
